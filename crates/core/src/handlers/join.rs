@@ -1,0 +1,92 @@
+//! `join {room, after?}`: enter a room (creating it), and with `after` replay what was missed.
+//!
+//! No gap, no duplicate: the connection is registered with the fan-out *before* the log's head
+//! is read. Every message committed before the head read is in the log (so the replay has it);
+//! every message published after the registration is queued live; the overlap is dropped by
+//! [`Session::accept_live`], which only passes seqs past what was delivered.
+
+use super::{HandlerError, Services, Session};
+use crate::error::StoreError;
+use crate::ports::Outbox;
+use crate::protocol::{HistoryQuery, MAX_HISTORY_LIMIT, PresenceEvent, ServerFrame};
+use crate::types::{RoomId, Seq};
+
+pub async fn handle(
+    session: &mut Session,
+    services: &Services,
+    out: &mut dyn Outbox,
+    room: RoomId,
+    after: Option<Seq>,
+) -> Result<(), HandlerError> {
+    let already_member = session.is_member(&room);
+    let head = enter(session, services, &room).await?;
+    out.send_text(ServerFrame::Joined { room: room.clone(), seq: head }.to_json())
+        .await?;
+    if let Some(after) = after {
+        replay(services, out, &room, after, head).await?;
+        // The replay covered everything up to head; live frames up to it are duplicates.
+        session.set_delivered(&room, head);
+    }
+    if !already_member {
+        services
+            .rooms
+            .presence(&room, PresenceEvent::Joined, &session.user, &session.id);
+    }
+    Ok(())
+}
+
+/// Makes the connection a member of `room` and returns the room's head at that moment. Without a
+/// replay, delivery starts after the head (or where it was, for a connection already in).
+pub(crate) async fn enter(session: &mut Session, services: &Services, room: &RoomId) -> Result<Seq, StoreError> {
+    if services.log.head(room).await?.is_none() {
+        services.log.create_room(room).await?;
+    }
+    services.rooms.join(&session.id, room);
+    let head = match services.log.head(room).await {
+        Ok(head) => head.unwrap_or(Seq::ZERO),
+        Err(e) => {
+            undo(session, services, room);
+            return Err(e);
+        }
+    };
+    if let Err(e) = services.connections.add_membership(&session.id, room).await {
+        undo(session, services, room);
+        return Err(e);
+    }
+    if session.delivered(room).is_none() {
+        session.set_delivered(room, head);
+    }
+    Ok(head)
+}
+
+fn undo(session: &Session, services: &Services, room: &RoomId) {
+    if !session.is_member(room) {
+        services.rooms.leave(&session.id, room);
+    }
+}
+
+/// Sends the messages `after+1 ..= head` in pages.
+async fn replay(
+    services: &Services,
+    out: &mut dyn Outbox,
+    room: &RoomId,
+    after: Seq,
+    head: Seq,
+) -> Result<(), HandlerError> {
+    let mut cursor = after;
+    while cursor < head {
+        let page = services
+            .log
+            .read(room, HistoryQuery::After { seq: cursor, limit: MAX_HISTORY_LIMIT })
+            .await?;
+        let Some(last) = page.messages.last() else { break };
+        cursor = last.seq;
+        for m in page.messages.into_iter().take_while(|m| m.seq <= head) {
+            out.send_text(ServerFrame::Message(m).to_json()).await?;
+        }
+        if !page.more {
+            break;
+        }
+    }
+    Ok(())
+}

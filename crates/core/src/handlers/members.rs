@@ -1,0 +1,16 @@
+//! `members {room}`: who is connected to a room right now.
+
+use super::history::unknown_room;
+use super::{HandlerError, Services};
+use crate::ports::Outbox;
+use crate::protocol::ServerFrame;
+use crate::types::RoomId;
+
+pub async fn handle(services: &Services, out: &mut dyn Outbox, room: RoomId) -> Result<(), HandlerError> {
+    if services.log.head(&room).await?.is_none() {
+        return Err(unknown_room(&room).into());
+    }
+    let members = services.rooms.members(&room);
+    out.send_text(ServerFrame::Members { room, members }.to_json()).await?;
+    Ok(())
+}

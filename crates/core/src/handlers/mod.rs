@@ -1,0 +1,201 @@
+//! The routes, one file each, and [`dispatch`], which decodes a text frame and picks the route by
+//! its `action`, as API Gateway does with `$request.body.action`.
+//!
+//! Handlers write replies through an [`Outbox`] and return a [`HandlerError`]: a [`ChatError`]
+//! becomes an `error` frame and the connection goes on; [`Disconnected`] ends it.
+
+pub mod connect;
+pub mod default;
+pub mod disconnect;
+pub mod history;
+pub mod join;
+pub mod leave;
+pub mod members;
+pub mod sendmessage;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::error::ChatError;
+use crate::ports::{ConnectionRecord, ConnectionStore, Disconnected, MessageLog, Outbox, RoomMembership};
+use crate::protocol::{ClientFrame, ConnectionInfo, DecodeError, Identity, Limits, Mode, ServerFrame};
+use crate::types::{ConnectionId, RoomId, Seq, UserName, now_ms, rfc3339_ms};
+
+/// The ports and settings every handler uses; one per server, shared by all connections.
+#[derive(Clone)]
+pub struct Services {
+    pub log: Arc<dyn MessageLog>,
+    pub connections: Arc<dyn ConnectionStore>,
+    pub rooms: Arc<dyn RoomMembership>,
+    pub limits: Limits,
+}
+
+/// One connection's state, owned by its task.
+#[derive(Debug)]
+pub struct Session {
+    pub id: ConnectionId,
+    pub user: UserName,
+    pub mode: Mode,
+    pub identity: Identity,
+    pub connected_at: u64,
+    /// Shared with whoever answers `GET /@connections/{id}`.
+    pub last_active: Arc<AtomicU64>,
+    /// Joined rooms with the last seq delivered in each, which filters live messages that a
+    /// replay already sent. A connection is in few rooms, so a Vec beats a map here.
+    rooms: Vec<(RoomId, Seq)>,
+}
+
+impl Session {
+    pub fn new(id: ConnectionId, user: UserName, mode: Mode, identity: Identity) -> Self {
+        let now = now_ms();
+        Session {
+            id,
+            user,
+            mode,
+            identity,
+            connected_at: now,
+            last_active: Arc::new(AtomicU64::new(now)),
+            rooms: Vec::new(),
+        }
+    }
+
+    pub fn record(&self) -> ConnectionRecord {
+        ConnectionRecord {
+            id: self.id.clone(),
+            user: self.user.clone(),
+            mode: self.mode,
+            source_ip: self.identity.source_ip.clone(),
+            user_agent: self.identity.user_agent.clone(),
+            connected_at: self.connected_at,
+        }
+    }
+
+    pub fn info(&self) -> ConnectionInfo {
+        ConnectionInfo {
+            connection_id: self.id.clone(),
+            connected_at: rfc3339_ms(self.connected_at),
+            identity: self.identity.clone(),
+            last_active_at: rfc3339_ms(self.last_active.load(Ordering::Relaxed)),
+        }
+    }
+
+    pub fn touch(&self) {
+        self.last_active.store(now_ms(), Ordering::Relaxed);
+    }
+
+    pub fn rooms(&self) -> impl Iterator<Item = &RoomId> {
+        self.rooms.iter().map(|(r, _)| r)
+    }
+
+    pub fn is_member(&self, room: &RoomId) -> bool {
+        self.rooms.iter().any(|(r, _)| r == room)
+    }
+
+    /// Decides whether a live message should be written: only in a joined room and only past what
+    /// was already delivered there (a replay may have sent it).
+    pub fn accept_live(&mut self, room: &RoomId, seq: Seq) -> bool {
+        match self.rooms.iter_mut().find(|(r, _)| r == room) {
+            Some((_, last)) if seq > *last => {
+                *last = seq;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn set_delivered(&mut self, room: &RoomId, seq: Seq) {
+        match self.rooms.iter_mut().find(|(r, _)| r == room) {
+            Some((_, last)) => *last = seq,
+            None => self.rooms.push((room.clone(), seq)),
+        }
+    }
+
+    fn delivered(&self, room: &RoomId) -> Option<Seq> {
+        self.rooms.iter().find(|(r, _)| r == room).map(|(_, s)| *s)
+    }
+
+    fn remove_room(&mut self, room: &RoomId) -> bool {
+        let before = self.rooms.len();
+        self.rooms.retain(|(r, _)| r != room);
+        self.rooms.len() != before
+    }
+}
+
+/// How a handler failed.
+#[derive(Debug)]
+pub enum HandlerError {
+    /// Tell the client (an `error` frame) and carry on.
+    Chat(ChatError),
+    /// The socket is gone.
+    Disconnected,
+}
+
+impl From<ChatError> for HandlerError {
+    fn from(e: ChatError) -> Self {
+        HandlerError::Chat(e)
+    }
+}
+
+impl From<crate::error::StoreError> for HandlerError {
+    fn from(e: crate::error::StoreError) -> Self {
+        HandlerError::Chat(e.into())
+    }
+}
+
+impl From<Disconnected> for HandlerError {
+    fn from(_: Disconnected) -> Self {
+        HandlerError::Disconnected
+    }
+}
+
+/// Routes one text frame from a client and writes every reply to `out`.
+pub async fn dispatch(
+    session: &mut Session,
+    services: &Services,
+    text: &str,
+    out: &mut dyn Outbox,
+) -> Result<(), Disconnected> {
+    session.touch();
+    let frame = match ClientFrame::decode(text) {
+        Ok(frame) => frame,
+        // API Gateway sends frames it cannot route to $default; compat clients expect that.
+        Err(DecodeError::NotJson(_)) if session.mode == Mode::Compat => {
+            return finish(default::handle(session, out).await, None, out).await;
+        }
+        Err(e) => return send_error(out, None, &e.into()).await,
+    };
+    let request_id = frame.request_id().map(str::to_owned);
+    let result = match (session.mode, frame) {
+        (_, ClientFrame::SendMessage { room, data, id }) => {
+            sendmessage::handle(session, services, out, room, data, id).await
+        }
+        (Mode::V1, ClientFrame::Join { room, after }) => join::handle(session, services, out, room, after).await,
+        (Mode::V1, ClientFrame::Leave { room }) => leave::handle(session, services, out, room).await,
+        (Mode::V1, ClientFrame::History { room, query }) => history::handle(services, out, room, query).await,
+        (Mode::V1, ClientFrame::Members { room }) => members::handle(services, out, room).await,
+        // Compat mode knows only sendmessage, like the AWS sample: the rest is $default.
+        _ => default::handle(session, out).await,
+    };
+    finish(result, request_id.as_deref(), out).await
+}
+
+async fn finish(
+    result: Result<(), HandlerError>,
+    request_id: Option<&str>,
+    out: &mut dyn Outbox,
+) -> Result<(), Disconnected> {
+    match result {
+        Ok(()) => Ok(()),
+        Err(HandlerError::Chat(e)) => send_error(out, request_id, &e).await,
+        Err(HandlerError::Disconnected) => Err(Disconnected),
+    }
+}
+
+/// Writes an `error` frame. Compat clients get the same JSON: they have no other way to learn
+/// what went wrong, and the text makes sense to a person reading wscat.
+pub async fn send_error(out: &mut dyn Outbox, id: Option<&str>, e: &ChatError) -> Result<(), Disconnected> {
+    out.send_text(ServerFrame::error(id, e).to_json()).await
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,174 @@
+//! In-memory adapters of the store ports: the reference the conformance suite is written
+//! against, and the store for unit tests. Nothing here survives the process.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use async_trait::async_trait;
+
+use crate::ports::{
+    Appended, CommitListener, ConnectionRecord, ConnectionStore, MessageLog, NewMessage, StoreError,
+};
+use crate::protocol::{ChatMessage, HistoryQuery, Page};
+use crate::types::{ConnectionId, RoomId, Seq, UserName, now_ms};
+
+#[derive(Default)]
+struct RoomLog {
+    messages: Vec<Arc<ChatMessage>>,
+    /// (user, id) → seq, for idempotent appends.
+    ids: HashMap<(UserName, String), Seq>,
+}
+
+/// A [`MessageLog`] in a mutex. The listener is called under the lock, which keeps the per-room
+/// order without further bookkeeping.
+pub struct MemoryLog {
+    rooms: Mutex<HashMap<RoomId, RoomLog>>,
+    listener: Arc<dyn CommitListener>,
+}
+
+impl MemoryLog {
+    pub fn new(listener: Arc<dyn CommitListener>) -> Self {
+        MemoryLog { rooms: Mutex::new(HashMap::new()), listener }
+    }
+
+    fn rooms(&self) -> MutexGuard<'_, HashMap<RoomId, RoomLog>> {
+        // A panic while holding the lock leaves consistent data (every mutation is one push).
+        self.rooms.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[async_trait]
+impl MessageLog for MemoryLog {
+    async fn append(&self, m: NewMessage) -> Result<Appended, StoreError> {
+        let mut rooms = self.rooms();
+        let log = rooms.entry(m.room.clone()).or_default();
+        let key = (m.user, m.id);
+        if let Some(seq) = log.ids.get(&key) {
+            let message = log.messages[(seq.0 - 1) as usize].clone();
+            return Ok(Appended { message, duplicate: true });
+        }
+        let seq = Seq(log.messages.len() as u64 + 1);
+        let message = Arc::new(ChatMessage {
+            room: m.room,
+            seq,
+            id: key.1.clone(),
+            user: key.0.clone(),
+            data: m.data,
+            ts: now_ms(),
+        });
+        log.ids.insert(key, seq);
+        log.messages.push(message.clone());
+        self.listener.committed(std::slice::from_ref(&message));
+        Ok(Appended { message, duplicate: false })
+    }
+
+    async fn create_room(&self, room: &RoomId) -> Result<Seq, StoreError> {
+        let mut rooms = self.rooms();
+        let log = rooms.entry(room.clone()).or_default();
+        Ok(Seq(log.messages.len() as u64))
+    }
+
+    async fn head(&self, room: &RoomId) -> Result<Option<Seq>, StoreError> {
+        Ok(self.rooms().get(room).map(|log| Seq(log.messages.len() as u64)))
+    }
+
+    async fn read(&self, room: &RoomId, query: HistoryQuery) -> Result<Page, StoreError> {
+        let rooms = self.rooms();
+        let Some(log) = rooms.get(room) else { return Ok(Page::default()) };
+        Ok(page_of(&log.messages, query))
+    }
+}
+
+/// Cuts a page out of a whole log held in seq order (seq n at index n-1).
+pub fn page_of(all: &[Arc<ChatMessage>], query: HistoryQuery) -> Page {
+    let len = all.len();
+    let (start, end, more) = match query {
+        HistoryQuery::Latest { limit } => {
+            let start = len.saturating_sub(limit);
+            (start, len, start > 0)
+        }
+        HistoryQuery::Before { seq, limit } => {
+            let end = (seq.0.saturating_sub(1) as usize).min(len);
+            let start = end.saturating_sub(limit);
+            (start, end, start > 0)
+        }
+        HistoryQuery::After { seq, limit } => {
+            let start = (seq.0 as usize).min(len);
+            let end = start.saturating_add(limit).min(len);
+            (start, end, end < len)
+        }
+    };
+    Page { messages: all[start..end].to_vec(), more }
+}
+
+/// A [`ConnectionStore`] in a mutex.
+#[derive(Default)]
+pub struct MemoryConnections {
+    rows: Mutex<BTreeMap<ConnectionId, (ConnectionRecord, Vec<RoomId>)>>,
+}
+
+impl MemoryConnections {
+    fn rows(&self) -> MutexGuard<'_, BTreeMap<ConnectionId, (ConnectionRecord, Vec<RoomId>)>> {
+        self.rows.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[async_trait]
+impl ConnectionStore for MemoryConnections {
+    async fn insert(&self, record: &ConnectionRecord) -> Result<(), StoreError> {
+        self.rows()
+            .insert(record.id.clone(), (record.clone(), Vec::new()));
+        Ok(())
+    }
+
+    async fn remove(&self, id: &ConnectionId) -> Result<(), StoreError> {
+        self.rows().remove(id);
+        Ok(())
+    }
+
+    async fn add_membership(&self, id: &ConnectionId, room: &RoomId) -> Result<(), StoreError> {
+        if let Some((_, rooms)) = self.rows().get_mut(id)
+            && !rooms.contains(room)
+        {
+            rooms.push(room.clone());
+            rooms.sort();
+        }
+        Ok(())
+    }
+
+    async fn remove_membership(&self, id: &ConnectionId, room: &RoomId) -> Result<(), StoreError> {
+        if let Some((_, rooms)) = self.rows().get_mut(id) {
+            rooms.retain(|r| r != room);
+        }
+        Ok(())
+    }
+
+    async fn list(&self) -> Result<Vec<(ConnectionRecord, Vec<RoomId>)>, StoreError> {
+        Ok(self.rows().values().cloned().collect())
+    }
+
+    async fn purge_stale(&self) -> Result<u64, StoreError> {
+        let mut rows = self.rows();
+        let n = rows.len() as u64;
+        rows.clear();
+        Ok(n)
+    }
+}
+
+#[cfg(all(test, feature = "conformance"))]
+mod conformance_tests {
+    use std::sync::Arc;
+
+    use super::{MemoryConnections, MemoryLog};
+    use crate::conformance;
+
+    #[tokio::test]
+    async fn memory_log_passes_the_conformance_suite() {
+        conformance::message_log(|listener| async move { Arc::new(MemoryLog::new(listener)) as _ }).await;
+    }
+
+    #[tokio::test]
+    async fn memory_connections_pass_the_conformance_suite() {
+        conformance::connection_store(|| async { Arc::new(MemoryConnections::default()) as _ }).await;
+    }
+}
