@@ -1,1 +1,40 @@
-fn main(){}
+//! `dynamowave`: the one binary. `serve` (the default) runs the chat server; more subcommands
+//! (chat, bench, backup, ...) join it as they are built.
+//!
+//! # Layout
+//!
+//! - `main.rs`: argument parsing and logging setup, nothing else.
+//! - `serve.rs`: `dynamowave serve`: merges flags, environment and the TOML file into a
+//!   `ServerConfig`, binds, and runs the server until SIGINT/SIGTERM.
+
+mod serve;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "dynamowave", version, about = "A real-time chat backend in one binary")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the chat server (the default).
+    Serve(serve::ServeArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    match cli.command {
+        Some(Command::Serve(args)) => runtime.block_on(serve::run(args)),
+        None => runtime.block_on(serve::run(serve::ServeArgs::from_env())),
+    }
+}

@@ -15,6 +15,8 @@ pub enum ErrorCode {
     NotFound,
     /// The connection sent to or left a room it has not joined.
     NotJoined,
+    /// The connection named in a management call is gone (API Gateway's 410).
+    Gone,
     /// A frame, message or body is over the configured limit.
     TooLarge,
     /// Too many requests; `retryAfterMs` says when to try again.
@@ -35,6 +37,7 @@ impl ErrorCode {
             ErrorCode::BadRequest => "bad_request",
             ErrorCode::NotFound => "not_found",
             ErrorCode::NotJoined => "not_joined",
+            ErrorCode::Gone => "gone",
             ErrorCode::TooLarge => "too_large",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Unauthorized => "unauthorized",
@@ -53,6 +56,7 @@ impl ErrorCode {
             ErrorCode::BadRequest
             | ErrorCode::NotFound
             | ErrorCode::NotJoined
+            | ErrorCode::Gone
             | ErrorCode::Unauthorized
             | ErrorCode::Forbidden => close_code::POLICY_VIOLATION,
         }
@@ -66,6 +70,7 @@ impl ErrorCode {
             ErrorCode::Forbidden => 403,
             ErrorCode::NotFound => 404,
             ErrorCode::NotJoined => 409,
+            ErrorCode::Gone => 410,
             ErrorCode::TooLarge => 413,
             ErrorCode::RateLimited => 429,
             ErrorCode::Internal => 500,

@@ -1,1 +1,24 @@
-//! placeholder
+//! DynamoWave's server: the gateway around the chat core.
+//!
+//! # Layout
+//!
+//! - [`app`]: [`AppState`], [`router`] (every route in one place) and [`run`], which serves a
+//!   listener until a shutdown future resolves. `main` and the tests both call `run`.
+//! - [`config`]: [`ServerConfig`] and its TOML form.
+//! - [`gateway`]: `GET /ws`: the upgrade (identity, mode, limits) and the connection task that
+//!   reads frames into the core's handlers and writes the outbound queue to the socket.
+//! - [`hub`]: the in-process fan-out: room membership, one bounded queue per connection, and
+//!   delivery of each committed message serialized once.
+//! - [`api`]: the management API: `/@connections/{id}` as in API Gateway, `/rooms/{room}/...`,
+//!   its admin guard and its JSON errors.
+//! - [`store`]: store adapters; [`store::sqlite`] is the embedded, group-committing store.
+
+pub mod api;
+pub mod app;
+pub mod config;
+pub mod gateway;
+pub mod hub;
+pub mod store;
+
+pub use app::{AppState, ServerError, router, run};
+pub use config::ServerConfig;

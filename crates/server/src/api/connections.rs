@@ -1,0 +1,63 @@
+//! `/@connections/{id}`, as API Gateway's management API: post to a connection, describe it,
+//! or close it. An id that is not connected answers 410 Gone.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use dynamowave_core::types::rfc3339_ms;
+use dynamowave_core::{ChatError, ConnectionId, ErrorCode};
+use serde_json::json;
+
+use super::{ApiError, read_body};
+use crate::app::AppState;
+use crate::hub::{ConnectionHandle, SendError};
+
+fn find(state: &AppState, id: &str) -> Result<Arc<ConnectionHandle>, ApiError> {
+    let gone = || ApiError(ChatError::new(ErrorCode::Gone, format!("connection {id} is not connected")));
+    let id = ConnectionId::parse(id).map_err(|_| gone())?;
+    state.hub.connection(&id).ok_or_else(gone)
+}
+
+/// `POST /@connections/{id}`: the body, as one text frame.
+pub async fn post(State(state): State<AppState>, Path(id): Path<String>, body: Body) -> Result<Response, ApiError> {
+    let handle = find(&state, &id)?;
+    let bytes = read_body(body, state.config.max_message_bytes).await?;
+    let text = String::from_utf8(bytes.to_vec())
+        .map_err(|_| ChatError::bad_request("the body must be UTF-8 text; it is sent as one text frame"))?;
+    match handle.send_direct(text.into()) {
+        Ok(()) => Ok(StatusCode::OK.into_response()),
+        Err(SendError::Gone) => Err(find(&state, "").map(|_| ()).unwrap_err()),
+        Err(SendError::Full) => Err(ApiError(
+            ChatError::new(
+                ErrorCode::Unavailable,
+                format!("connection {id} is not reading (its outbound queue is full); try later"),
+            )
+            .with_retry_after(1000),
+        )),
+    }
+}
+
+/// `GET /@connections/{id}`.
+pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let h = find(&state, &id)?;
+    Ok(Json(json!({
+        "connectionId": h.id,
+        "connectedAt": rfc3339_ms(h.connected_at),
+        "identity": { "sourceIp": h.identity.source_ip, "userAgent": h.identity.user_agent },
+        "lastActiveAt": rfc3339_ms(h.last_active.load(Ordering::Relaxed)),
+        "user": h.user,
+        "mode": h.mode,
+    }))
+    .into_response())
+}
+
+/// `DELETE /@connections/{id}`: closes the socket with 1000.
+pub async fn delete(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    find(&state, &id)?.close(1000, "closed by the management API");
+    Ok(StatusCode::NO_CONTENT.into_response())
+}

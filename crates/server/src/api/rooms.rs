@@ -1,0 +1,101 @@
+//! `/rooms/{room}/...`: server-side publish into the same log (same seq, same fan-out), history
+//! and members.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use dynamowave_core::ports::NewMessage;
+use dynamowave_core::protocol::HistoryQuery;
+use dynamowave_core::types::random_token;
+use dynamowave_core::types::MAX_MESSAGE_ID_LEN;
+use dynamowave_core::{ChatError, RoomId, UserName};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{ApiError, read_body};
+use crate::app::AppState;
+
+/// The body of `POST /rooms/{room}/messages`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PostMessage {
+    data: String,
+    id: Option<String>,
+    user: Option<String>,
+}
+
+pub async fn post_message(
+    State(state): State<AppState>,
+    Path(room): Path<String>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let room = RoomId::parse(&room)?;
+    let bytes = read_body(body, state.config.max_message_bytes).await?;
+    let req: PostMessage = serde_json::from_slice(&bytes).map_err(|e| {
+        ChatError::bad_request(format!(
+            "the body must be JSON like {{\"data\":\"hello\",\"id\":\"optional-key\",\"user\":\"optional-name\"}}: {e}"
+        ))
+    })?;
+    if let Some(id) = &req.id
+        && (id.is_empty() || id.len() > MAX_MESSAGE_ID_LEN)
+    {
+        return Err(ChatError::bad_request(format!("`id` must be 1 to {MAX_MESSAGE_ID_LEN} characters")).into());
+    }
+    let user = UserName::parse(req.user.as_deref().unwrap_or("server"))?;
+    let appended = state
+        .services
+        .log
+        .append(NewMessage { room, id: req.id.unwrap_or_else(|| random_token(16)), user, data: req.data })
+        .await?;
+    let m = &appended.message;
+    let status = if appended.duplicate { StatusCode::OK } else { StatusCode::CREATED };
+    let body = json!({ "room": m.room, "seq": m.seq, "id": m.id, "ts": m.ts, "duplicate": appended.duplicate });
+    Ok((status, Json(body)).into_response())
+}
+
+/// Query of `GET /rooms/{room}/messages`; numbers are parsed here to say which one is wrong.
+#[derive(Deserialize)]
+pub struct HistoryParams {
+    after: Option<String>,
+    before: Option<String>,
+    limit: Option<String>,
+}
+
+fn number(name: &str, value: Option<&str>) -> Result<Option<u64>, ChatError> {
+    value
+        .map(|v| {
+            v.parse::<u64>()
+                .map_err(|_| ChatError::bad_request(format!("`{name}` must be a non-negative integer, got {v:?}")))
+        })
+        .transpose()
+}
+
+pub async fn list_messages(
+    State(state): State<AppState>,
+    Path(room): Path<String>,
+    Query(params): Query<HistoryParams>,
+) -> Result<Response, ApiError> {
+    let room = RoomId::parse(&room)?;
+    let query = HistoryQuery::from_params(
+        number("before", params.before.as_deref())?,
+        number("after", params.after.as_deref())?,
+        number("limit", params.limit.as_deref())?,
+    )?;
+    let log = &state.services.log;
+    if log.head(&room).await?.is_none() {
+        return Err(ChatError::not_found(format!("room {room} does not exist")).into());
+    }
+    let page = log.read(&room, query).await?;
+    Ok(Json(json!({ "room": room, "messages": page.messages, "more": page.more })).into_response())
+}
+
+pub async fn members(State(state): State<AppState>, Path(room): Path<String>) -> Result<Response, ApiError> {
+    let room = RoomId::parse(&room)?;
+    if state.services.log.head(&room).await?.is_none() {
+        return Err(ChatError::not_found(format!("room {room} does not exist")).into());
+    }
+    let members = state.services.rooms.members(&room);
+    Ok(Json(json!({ "room": room, "members": members })).into_response())
+}

@@ -1,0 +1,248 @@
+//! `GET /ws`: the WebSocket gateway.
+//!
+//! [`upgrade`] decides who the client is and which protocol it speaks, then hands the socket to
+//! [`serve_connection`], one task per connection, which
+//! - reads frames and runs them through the core's [`dispatch`] (replies are written in order);
+//! - drains the connection's bounded outbound queue (fan-out) to the socket, many frames per
+//!   flush;
+//! - closes with the right code when asked (slow consumer, `DELETE /@connections`, shutdown,
+//!   oversized frames) and runs `$disconnect` however it ends.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{HeaderMap, header};
+use axum::response::{IntoResponse, Response};
+use dynamowave_core::error::close_code;
+use dynamowave_core::handlers::{HandlerError, Session, connect, disconnect, dispatch, send_error};
+use dynamowave_core::ports::{Disconnected, Outbox};
+use dynamowave_core::protocol::{Identity, Mode, SUBPROTOCOL_V1};
+use dynamowave_core::{ChatError, ConnectionId, UserName};
+use futures_util::SinkExt;
+use tokio::sync::mpsc;
+
+use crate::api::ApiError;
+use crate::app::AppState;
+use crate::hub::{ConnectionHandle, Outgoing};
+
+/// Frames written per flush when the outbound queue has a backlog.
+const WRITE_BATCH: usize = 64;
+
+/// Takes the WebSocket upgrade. `?name=` names the user (a guest name otherwise); offering the
+/// `dynamowave.v1` subprotocol selects v1 mode, anything else is compat mode.
+pub async fn upgrade(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(params): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    if *state.shutting_down.borrow() {
+        return ApiError(ChatError::new(
+            dynamowave_core::ErrorCode::Unavailable,
+            "the server is shutting down; reconnect in a moment",
+        ))
+        .into_response();
+    }
+    let user = match params.get("name") {
+        Some(name) => match UserName::parse(name) {
+            Ok(user) => user,
+            Err(e) => return ApiError(e).into_response(),
+        },
+        None => UserName::guest(),
+    };
+    let mode = if ws.requested_protocols().any(|p| p.as_bytes() == SUBPROTOCOL_V1.as_bytes()) {
+        Mode::V1
+    } else {
+        Mode::Compat
+    };
+    let identity = Identity {
+        source_ip: peer.ip().to_string(),
+        user_agent: headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned(),
+    };
+    let session = Session::new(ConnectionId::generate(), user, mode, identity);
+    let config = &state.config;
+    ws.protocols([SUBPROTOCOL_V1])
+        .max_frame_size(config.max_frame_bytes)
+        .max_message_size(config.max_message_bytes)
+        // A small read buffer keeps idle connections cheap; it grows for large messages.
+        .read_buffer_size(4 * 1024)
+        .on_upgrade(move |socket| serve_connection(socket, state, session))
+}
+
+/// Writes to the socket for the handlers. `feed` buffers; the loop flushes once per batch.
+struct SocketOutbox {
+    socket: WebSocket,
+    write_timeout: Duration,
+}
+
+impl SocketOutbox {
+    async fn feed(&mut self, text: Utf8Bytes) -> Result<(), Disconnected> {
+        match tokio::time::timeout(self.write_timeout, self.socket.feed(Message::Text(text))).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(Disconnected),
+        }
+    }
+
+    async fn flush(&mut self) -> Result<(), Disconnected> {
+        match tokio::time::timeout(self.write_timeout, self.socket.flush()).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(Disconnected),
+        }
+    }
+
+    async fn close(&mut self, code: u16, reason: &str) {
+        let frame = CloseFrame { code, reason: reason.into() };
+        let _ = tokio::time::timeout(self.write_timeout, self.socket.send(Message::Close(Some(frame)))).await;
+    }
+}
+
+#[async_trait]
+impl Outbox for SocketOutbox {
+    async fn send_text(&mut self, text: String) -> Result<(), Disconnected> {
+        self.feed(text.into()).await
+    }
+}
+
+/// The text to write for a queued item, or `None` when the session filters it out.
+fn outgoing_text(session: &mut Session, item: Outgoing) -> Option<Utf8Bytes> {
+    match item {
+        Outgoing::Live(d) => session
+            .accept_live(&d.room, d.seq)
+            .then(|| d.text_for(session.mode).clone()),
+        Outgoing::Direct(text) => Some(text),
+    }
+}
+
+/// True when a read error is tungstenite refusing a frame or message over the limits.
+fn is_too_large(e: &axum::Error) -> bool {
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<tungstenite::Error>())
+        .is_some_and(|e| matches!(e, tungstenite::Error::Capacity(_)))
+}
+
+/// One connection's task: `$connect`, the read/write loop, `$disconnect`.
+pub async fn serve_connection(socket: WebSocket, state: AppState, mut session: Session) {
+    let (queue, mut outbound) = mpsc::channel(state.config.outbound_queue);
+    let handle = Arc::new(ConnectionHandle::new(&session, queue));
+    state.hub.register(handle.clone());
+    let mut shutting_down = state.shutting_down.clone();
+    let services = &state.services;
+    let mut out = SocketOutbox { socket, write_timeout: state.config.write_timeout() };
+    tracing::debug!(connection = %session.id, user = %session.user, mode = session.mode.as_str(), "connected");
+
+    match connect::handle(&mut session, services, &mut out).await {
+        Ok(()) if out.flush().await.is_ok() => {
+            if *shutting_down.borrow() {
+                out.close(close_code::GOING_AWAY, "server shutting down").await;
+            } else {
+                read_write_loop(&mut session, &state, &handle, &mut out, &mut outbound, &mut shutting_down).await;
+            }
+        }
+        Ok(()) | Err(HandlerError::Disconnected) => {}
+        Err(HandlerError::Chat(e)) => {
+            tracing::warn!(connection = %session.id, error = %e, "$connect failed");
+            let _ = send_error(&mut out, None, &e).await;
+            out.close(e.code.close_code(), "could not register the connection; try again").await;
+        }
+    }
+
+    if let Err(e) = disconnect::handle(&mut session, services).await {
+        // The row is purged at the next start; nothing else depends on it.
+        tracing::warn!(connection = %session.id, error = %e, "$disconnect could not delete the row");
+    }
+    state.hub.unregister(&session.id);
+    tracing::debug!(connection = %session.id, "disconnected");
+}
+
+async fn read_write_loop(
+    session: &mut Session,
+    state: &AppState,
+    handle: &ConnectionHandle,
+    out: &mut SocketOutbox,
+    outbound: &mut mpsc::Receiver<Outgoing>,
+    shutting_down: &mut tokio::sync::watch::Receiver<bool>,
+) {
+    let services = &state.services;
+    loop {
+        tokio::select! {
+            (code, reason) = handle.closed() => {
+                // Deliver what is already queued unless the queue is the problem.
+                if code != close_code::TRY_AGAIN_LATER {
+                    while let Ok(item) = outbound.try_recv() {
+                        if let Some(text) = outgoing_text(session, item) && out.feed(text).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                out.close(code, &reason).await;
+                return;
+            }
+            _ = shutting_down.changed() => {
+                out.close(close_code::GOING_AWAY, "server shutting down").await;
+                return;
+            }
+            item = outbound.recv() => {
+                let Some(item) = item else { return };
+                let mut next = Some(item);
+                let mut written = 0;
+                while let Some(item) = next.take() {
+                    if let Some(text) = outgoing_text(session, item) {
+                        if out.feed(text).await.is_err() {
+                            return;
+                        }
+                        written += 1;
+                    }
+                    if written < WRITE_BATCH {
+                        next = outbound.try_recv().ok();
+                    }
+                }
+                if out.flush().await.is_err() {
+                    return;
+                }
+            }
+            frame = out.socket.recv() => {
+                let result = match frame {
+                    Some(Ok(Message::Text(text))) => dispatch(session, services, text.as_str(), out).await,
+                    Some(Ok(Message::Binary(_))) => {
+                        session.touch();
+                        let e = ChatError::bad_request(
+                            "binary frames are not supported: send JSON text frames like {\"action\":\"sendmessage\",\"data\":\"hi\"}",
+                        );
+                        send_error(out, None, &e).await
+                    }
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {
+                        session.touch();
+                        Ok(())
+                    }
+                    Some(Ok(Message::Close(_))) | None => return,
+                    Some(Err(e)) => {
+                        if is_too_large(&e) {
+                            let limits = services.limits;
+                            let reason = format!(
+                                "too large: frames are limited to {} bytes, messages to {}",
+                                limits.max_frame_bytes, limits.max_message_bytes
+                            );
+                            out.close(close_code::MESSAGE_TOO_BIG, &reason).await;
+                        } else {
+                            tracing::debug!(connection = %session.id, error = %e, "read failed");
+                        }
+                        return;
+                    }
+                };
+                if result.is_err() || out.flush().await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}

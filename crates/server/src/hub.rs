@@ -1,0 +1,252 @@
+//! The in-process fan-out: which live connections are in which room, and delivery of every
+//! committed message to them.
+//!
+//! The hub is the message log's [`CommitListener`]: after each commit it serializes a message
+//! once per wire form (a v1 `message` envelope, and the raw text for compat clients) and gives
+//! every member a cheap clone through the member's bounded queue. A member whose queue is full
+//! is a slow consumer: it is closed with 1013 and can resume from history. Nothing here ever
+//! blocks or grows without bound.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use axum::extract::ws::Utf8Bytes;
+use dynamowave_core::error::close_code;
+use dynamowave_core::ports::{CommitListener, RoomMembership};
+use dynamowave_core::protocol::{ChatMessage, ConnectionInfo, Identity, Member, Mode, PresenceEvent, ServerFrame};
+use dynamowave_core::types::rfc3339_ms;
+use dynamowave_core::{ConnectionId, RoomId, Seq, UserName};
+use tokio::sync::{Notify, mpsc};
+
+/// What a connection's queue carries.
+#[derive(Debug)]
+pub enum Outgoing {
+    /// A committed room message, shared by every recipient.
+    Live(Arc<Delivery>),
+    /// A frame for this connection only (presence, `POST /@connections/{id}`).
+    Direct(Utf8Bytes),
+}
+
+/// One committed message in both wire forms, built once per commit.
+#[derive(Debug)]
+pub struct Delivery {
+    pub room: RoomId,
+    pub seq: Seq,
+    /// The v1 `message` envelope; empty when the room had no v1 member.
+    pub v1: Utf8Bytes,
+    /// The raw text compat clients get; empty when the room had no compat member.
+    pub compat: Utf8Bytes,
+}
+
+impl Delivery {
+    pub fn text_for(&self, mode: Mode) -> &Utf8Bytes {
+        match mode {
+            Mode::V1 => &self.v1,
+            Mode::Compat => &self.compat,
+        }
+    }
+}
+
+/// A live connection as the rest of the server sees it.
+#[derive(Debug)]
+pub struct ConnectionHandle {
+    pub id: ConnectionId,
+    pub user: UserName,
+    pub mode: Mode,
+    pub identity: Identity,
+    pub connected_at: u64,
+    pub last_active: Arc<AtomicU64>,
+    queue: mpsc::Sender<Outgoing>,
+    close: Notify,
+    close_reason: Mutex<Option<(u16, String)>>,
+}
+
+impl ConnectionHandle {
+    pub fn new(
+        session: &dynamowave_core::handlers::Session,
+        queue: mpsc::Sender<Outgoing>,
+    ) -> Self {
+        ConnectionHandle {
+            id: session.id.clone(),
+            user: session.user.clone(),
+            mode: session.mode,
+            identity: session.identity.clone(),
+            connected_at: session.connected_at,
+            last_active: session.last_active.clone(),
+            queue,
+            close: Notify::new(),
+            close_reason: Mutex::new(None),
+        }
+    }
+
+    pub fn info(&self) -> ConnectionInfo {
+        ConnectionInfo {
+            connection_id: self.id.clone(),
+            connected_at: rfc3339_ms(self.connected_at),
+            identity: self.identity.clone(),
+            last_active_at: rfc3339_ms(self.last_active.load(Ordering::Relaxed)),
+        }
+    }
+
+    /// Queues a frame for this connection alone. False when the queue is full or closed.
+    pub fn send_direct(&self, text: Utf8Bytes) -> Result<(), SendError> {
+        self.queue.try_send(Outgoing::Direct(text)).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => SendError::Full,
+            mpsc::error::TrySendError::Closed(_) => SendError::Gone,
+        })
+    }
+
+    /// Asks the connection's task to close the socket with this code; the first request wins.
+    pub fn close(&self, code: u16, reason: impl Into<String>) {
+        let mut slot = self.close_reason.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.is_none() {
+            *slot = Some((code, reason.into()));
+            self.close.notify_one();
+        }
+    }
+
+    /// Resolves when [`close`](Self::close) was called; returns its code and reason.
+    pub async fn closed(&self) -> (u16, String) {
+        self.close.notified().await;
+        let slot = self.close_reason.lock().unwrap_or_else(|e| e.into_inner());
+        slot.clone().unwrap_or((close_code::GOING_AWAY, String::new()))
+    }
+
+    fn deliver(&self, item: Outgoing) {
+        match self.queue.try_send(item) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => self.close(
+                close_code::TRY_AGAIN_LATER,
+                "too slow: outbound queue full; reconnect and resume with join after",
+            ),
+            // The task is ending; its $disconnect removes it from the hub.
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum SendError {
+    Full,
+    Gone,
+}
+
+/// The fan-out hub. See the module docs.
+#[derive(Default)]
+pub struct Hub {
+    connections: RwLock<HashMap<ConnectionId, Arc<ConnectionHandle>>>,
+    rooms: RwLock<HashMap<RoomId, Vec<Arc<ConnectionHandle>>>>,
+}
+
+// A panic elsewhere cannot leave these maps half-updated (every change is one insert or
+// remove), so a poisoned lock is still safe to use.
+fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Hub {
+    pub fn register(&self, handle: Arc<ConnectionHandle>) {
+        write(&self.connections).insert(handle.id.clone(), handle);
+    }
+
+    /// Forgets a connection. Its rooms were left by `$disconnect` already.
+    pub fn unregister(&self, id: &ConnectionId) {
+        write(&self.connections).remove(id);
+    }
+
+    pub fn connection(&self, id: &ConnectionId) -> Option<Arc<ConnectionHandle>> {
+        read(&self.connections).get(id).cloned()
+    }
+
+    pub fn connection_count(&self) -> usize {
+        read(&self.connections).len()
+    }
+
+    /// Closes every connection (graceful shutdown).
+    pub fn close_all(&self, code: u16, reason: &str) {
+        for handle in read(&self.connections).values() {
+            handle.close(code, reason);
+        }
+    }
+}
+
+impl RoomMembership for Hub {
+    fn join(&self, connection: &ConnectionId, room: &RoomId) {
+        let Some(handle) = self.connection(connection) else { return };
+        let mut rooms = write(&self.rooms);
+        let members = rooms.entry(room.clone()).or_default();
+        if !members.iter().any(|m| m.id == *connection) {
+            members.push(handle);
+        }
+    }
+
+    fn leave(&self, connection: &ConnectionId, room: &RoomId) {
+        let mut rooms = write(&self.rooms);
+        if let Some(members) = rooms.get_mut(room) {
+            members.retain(|m| m.id != *connection);
+            if members.is_empty() {
+                rooms.remove(room);
+            }
+        }
+    }
+
+    fn members(&self, room: &RoomId) -> Vec<Member> {
+        read(&self.rooms)
+            .get(room)
+            .into_iter()
+            .flatten()
+            .map(|m| Member { connection_id: m.id.clone(), user: m.user.clone() })
+            .collect()
+    }
+
+    fn presence(&self, room: &RoomId, event: PresenceEvent, user: &UserName, connection: &ConnectionId) {
+        let rooms = read(&self.rooms);
+        let Some(members) = rooms.get(room) else { return };
+        let mut text: Option<Utf8Bytes> = None;
+        for m in members.iter().filter(|m| m.mode == Mode::V1 && m.id != *connection) {
+            let text = text.get_or_insert_with(|| {
+                ServerFrame::Presence {
+                    room: room.clone(),
+                    event,
+                    user: user.clone(),
+                    connection_id: connection.clone(),
+                }
+                .to_json()
+                .into()
+            });
+            m.deliver(Outgoing::Direct(text.clone()));
+        }
+    }
+}
+
+impl CommitListener for Hub {
+    fn committed(&self, messages: &[Arc<ChatMessage>]) {
+        let rooms = read(&self.rooms);
+        for message in messages {
+            let Some(members) = rooms.get(&message.room) else { continue };
+            let has = |mode| members.iter().any(|m| m.mode == mode);
+            let delivery = Arc::new(Delivery {
+                room: message.room.clone(),
+                seq: message.seq,
+                v1: if has(Mode::V1) {
+                    ServerFrame::Message(message.clone()).to_json().into()
+                } else {
+                    Utf8Bytes::default()
+                },
+                compat: if has(Mode::Compat) {
+                    message.data.clone().into()
+                } else {
+                    Utf8Bytes::default()
+                },
+            });
+            for member in members {
+                member.deliver(Outgoing::Live(delivery.clone()));
+            }
+        }
+    }
+}

@@ -1,0 +1,3 @@
+//! Store adapters of the core's ports. The embedded shape uses [`sqlite::SqliteStore`].
+
+pub mod sqlite;

@@ -1,0 +1,589 @@
+//! The embedded store: one SQLite file in WAL mode with `synchronous=FULL`, so a commit is on
+//! disk when it returns.
+//!
+//! All writes go through one writer thread that does group commit: it takes every command
+//! waiting in its queue (up to [`MAX_BATCH`]), applies them in one transaction, commits once
+//! (one fsync), and only then answers the callers and tells the commit listener. Reads run on a
+//! small pool of reader connections on tokio's blocking threads; WAL lets them proceed while the
+//! writer commits.
+//!
+//! The data directory is locked for the life of the store, so two servers never share it.
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::thread;
+
+use async_trait::async_trait;
+use dynamowave_core::ports::{
+    Appended, CommitListener, ConnectionRecord, ConnectionStore, MessageLog, NewMessage, StoreError,
+};
+use dynamowave_core::protocol::{ChatMessage, HistoryQuery, Mode, Page};
+use dynamowave_core::types::now_ms;
+use dynamowave_core::{ConnectionId, RoomId, Seq, UserName};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior, params};
+use tokio::sync::{mpsc, oneshot};
+
+/// Most commands applied in one transaction.
+pub const MAX_BATCH: usize = 1024;
+/// Commands that may wait for the writer before senders wait too (backpressure).
+const QUEUE_DEPTH: usize = 8192;
+/// Idle reader connections kept open.
+const READER_POOL: usize = 4;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS rooms (
+    room       TEXT PRIMARY KEY,
+    last_seq   INTEGER NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS messages (
+    room TEXT NOT NULL,
+    seq  INTEGER NOT NULL,
+    id   TEXT NOT NULL,
+    user TEXT NOT NULL,
+    data TEXT NOT NULL,
+    ts   INTEGER NOT NULL,
+    PRIMARY KEY (room, seq)
+);
+CREATE UNIQUE INDEX IF NOT EXISTS messages_idempotency ON messages (room, user, id);
+CREATE TABLE IF NOT EXISTS connections (
+    id           TEXT PRIMARY KEY,
+    user         TEXT NOT NULL,
+    mode         TEXT NOT NULL,
+    source_ip    TEXT NOT NULL,
+    user_agent   TEXT NOT NULL,
+    connected_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS memberships (
+    connection_id TEXT NOT NULL,
+    room          TEXT NOT NULL,
+    PRIMARY KEY (connection_id, room)
+);
+";
+
+type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+enum Command {
+    Append(NewMessage, Reply<Appended>),
+    CreateRoom(RoomId, Reply<Seq>),
+    InsertConnection(ConnectionRecord, Reply<()>),
+    RemoveConnection(ConnectionId, Reply<()>),
+    AddMembership(ConnectionId, RoomId, Reply<()>),
+    RemoveMembership(ConnectionId, RoomId, Reply<()>),
+    PurgeConnections(Reply<u64>),
+    /// Apply everything queued before it, then stop the writer.
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// The SQLite adapter of [`MessageLog`] and [`ConnectionStore`].
+pub struct SqliteStore {
+    writer: mpsc::Sender<Command>,
+    readers: Arc<ReaderPool>,
+    writer_thread: Mutex<Option<thread::JoinHandle<()>>>,
+    // Held for the store's life: the OS lock on `LOCK` keeps other processes out.
+    _lock: File,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store in `dir` and starts its writer thread.
+    pub fn open(dir: &Path, listener: Arc<dyn CommitListener>) -> Result<Self, OpenError> {
+        fs::create_dir_all(dir).map_err(|e| OpenError::Io(dir.to_owned(), e))?;
+        let lock_path = dir.join("LOCK");
+        let lock = File::create(&lock_path).map_err(|e| OpenError::Io(lock_path.clone(), e))?;
+        lock.try_lock().map_err(|_| OpenError::Locked(dir.to_owned()))?;
+
+        let path = dir.join("dynamowave.sqlite3");
+        let conn = Connection::open(&path).map_err(|e| OpenError::Sqlite(path.clone(), e))?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .and_then(|_| conn.pragma_update(None, "synchronous", "FULL"))
+            .and_then(|_| conn.busy_timeout(std::time::Duration::from_secs(5)))
+            .and_then(|_| conn.execute_batch(SCHEMA))
+            .map_err(|e| OpenError::Sqlite(path.clone(), e))?;
+
+        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        let writer_thread = thread::Builder::new()
+            .name("dynamowave-sqlite-writer".into())
+            .spawn(move || Writer { conn, heads: HashMap::new(), listener }.run(rx))
+            .map_err(|e| OpenError::Io(path.clone(), e))?;
+        Ok(SqliteStore {
+            writer: tx,
+            readers: Arc::new(ReaderPool { path, idle: Mutex::new(Vec::new()) }),
+            writer_thread: Mutex::new(Some(writer_thread)),
+            _lock: lock,
+        })
+    }
+
+    /// Applies every command queued so far, commits, and stops the writer. Later writes fail
+    /// with [`StoreError::Closed`].
+    pub async fn shutdown(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.writer.send(Command::Shutdown(done)).await.is_ok() {
+            let _ = wait.await;
+        }
+        let handle = self.writer_thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(handle) = handle {
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
+    }
+
+    async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.writer.send(make(reply)).await.map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let readers = self.readers.clone();
+        tokio::task::spawn_blocking(move || readers.with(f))
+            .await
+            .map_err(|e| StoreError::Backend(format!("reader task failed: {e}")))?
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        // Without an explicit shutdown, closing the queue still lets the writer finish what is
+        // queued and commit before it exits.
+        let handle = self.writer_thread.get_mut().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(handle) = handle {
+            let (tx, _) = mpsc::channel(1);
+            drop(std::mem::replace(&mut self.writer, tx));
+            let _ = handle.join();
+        }
+    }
+}
+
+/// Why the store could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("cannot use {0}: {1}")]
+    Io(PathBuf, std::io::Error),
+    #[error("the data directory {0} is in use by another dynamowave process; stop it or choose another --data-dir")]
+    Locked(PathBuf),
+    #[error("cannot open the SQLite database {0}: {1}")]
+    Sqlite(PathBuf, rusqlite::Error),
+}
+
+fn backend(e: rusqlite::Error) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+struct ReaderPool {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl ReaderPool {
+    fn with<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
+        let pooled = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let conn = match pooled {
+            Some(c) => c,
+            None => Connection::open_with_flags(
+                &self.path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+            .map_err(backend)?,
+        };
+        let result = f(&conn).map_err(backend);
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < READER_POOL {
+            idle.push(conn);
+        }
+        result
+    }
+}
+
+/// The writer thread's state.
+struct Writer {
+    conn: Connection,
+    /// Last committed seq per room, so appends need no read of `rooms`.
+    heads: HashMap<RoomId, u64>,
+    listener: Arc<dyn CommitListener>,
+}
+
+/// What to tell a caller once the batch's fate is known.
+enum Pending {
+    Append(Reply<Appended>, Result<Appended, StoreError>),
+    Seq(Reply<Seq>, Result<Seq, StoreError>),
+    Unit(Reply<()>, Result<(), StoreError>),
+    Count(Reply<u64>, Result<u64, StoreError>),
+}
+
+impl Writer {
+    fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        while let Some(first) = rx.blocking_recv() {
+            batch.push(first);
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(cmd) => batch.push(cmd),
+                    Err(_) => break,
+                }
+            }
+            let stop = self.apply(&mut batch);
+            if let Some(done) = stop {
+                let _ = done.send(());
+                return;
+            }
+        }
+    }
+
+    /// Applies one batch in one transaction. Returns the shutdown signal if the batch held one
+    /// (commands after it are dropped, their callers see `Closed`).
+    fn apply(&mut self, batch: &mut Vec<Command>) -> Option<oneshot::Sender<()>> {
+        let mut pending = Vec::with_capacity(batch.len());
+        let mut committed: Vec<Arc<ChatMessage>> = Vec::new();
+        let mut touched: HashMap<RoomId, u64> = HashMap::new();
+        let mut stop = None;
+
+        let tx = match self.conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+            Ok(tx) => tx,
+            Err(e) => {
+                let err = e.to_string();
+                for cmd in batch.drain(..) {
+                    fail(cmd, &err);
+                }
+                return None;
+            }
+        };
+        let ts = now_ms();
+        for cmd in batch.drain(..) {
+            if stop.is_some() {
+                drop(cmd);
+                continue;
+            }
+            match cmd {
+                Command::Append(m, reply) => {
+                    let result = append(&tx, &mut self.heads, &mut touched, m, ts);
+                    if let Ok(a) = &result
+                        && !a.duplicate
+                    {
+                        committed.push(a.message.clone());
+                    }
+                    pending.push(Pending::Append(reply, result));
+                }
+                Command::CreateRoom(room, reply) => {
+                    let result = create_room(&tx, &mut self.heads, &room, ts);
+                    pending.push(Pending::Seq(reply, result));
+                }
+                Command::InsertConnection(r, reply) => {
+                    let result = tx
+                        .prepare_cached(
+                            "INSERT OR REPLACE INTO connections (id, user, mode, source_ip, user_agent, connected_at)
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                        )
+                        .and_then(|mut s| {
+                            s.execute(params![
+                                r.id.as_str(),
+                                r.user.as_str(),
+                                r.mode.as_str(),
+                                r.source_ip,
+                                r.user_agent,
+                                r.connected_at as i64
+                            ])
+                        })
+                        .map(drop)
+                        .map_err(backend);
+                    pending.push(Pending::Unit(reply, result));
+                }
+                Command::RemoveConnection(id, reply) => {
+                    let result = tx
+                        .execute("DELETE FROM memberships WHERE connection_id = ?1", [id.as_str()])
+                        .and_then(|_| tx.execute("DELETE FROM connections WHERE id = ?1", [id.as_str()]))
+                        .map(drop)
+                        .map_err(backend);
+                    pending.push(Pending::Unit(reply, result));
+                }
+                Command::AddMembership(id, room, reply) => {
+                    let result = tx
+                        .execute(
+                            "INSERT OR IGNORE INTO memberships (connection_id, room) VALUES (?1, ?2)",
+                            [id.as_str(), room.as_str()],
+                        )
+                        .map(drop)
+                        .map_err(backend);
+                    pending.push(Pending::Unit(reply, result));
+                }
+                Command::RemoveMembership(id, room, reply) => {
+                    let result = tx
+                        .execute(
+                            "DELETE FROM memberships WHERE connection_id = ?1 AND room = ?2",
+                            [id.as_str(), room.as_str()],
+                        )
+                        .map(drop)
+                        .map_err(backend);
+                    pending.push(Pending::Unit(reply, result));
+                }
+                Command::PurgeConnections(reply) => {
+                    let result = tx
+                        .execute("DELETE FROM memberships", [])
+                        .and_then(|_| tx.execute("DELETE FROM connections", []))
+                        .map(|n| n as u64)
+                        .map_err(backend);
+                    pending.push(Pending::Count(reply, result));
+                }
+                Command::Shutdown(done) => stop = Some(done),
+            }
+        }
+
+        let outcome = save_heads(&tx, &touched, ts).and_then(|()| tx.commit());
+        match outcome {
+            Ok(()) => {
+                for p in pending {
+                    p.answer(None);
+                }
+                if !committed.is_empty() {
+                    self.listener.committed(&committed);
+                }
+            }
+            Err(e) => {
+                // Nothing of the batch is stored: forget the heads it advanced; the cache
+                // reloads from the `rooms` table.
+                self.heads.clear();
+                let err = format!("commit failed: {e}");
+                for p in pending {
+                    p.answer(Some(&err));
+                }
+            }
+        }
+        stop
+    }
+}
+
+impl Pending {
+    /// Answers the caller; with `Some(err)` the whole batch failed and every caller gets it.
+    fn answer(self, batch_error: Option<&str>) {
+        let fail = || StoreError::Backend(batch_error.unwrap_or_default().to_owned());
+        match self {
+            Pending::Append(r, res) => drop(r.send(if batch_error.is_some() { Err(fail()) } else { res })),
+            Pending::Seq(r, res) => drop(r.send(if batch_error.is_some() { Err(fail()) } else { res })),
+            Pending::Unit(r, res) => drop(r.send(if batch_error.is_some() { Err(fail()) } else { res })),
+            Pending::Count(r, res) => drop(r.send(if batch_error.is_some() { Err(fail()) } else { res })),
+        }
+    }
+}
+
+fn fail(cmd: Command, err: &str) {
+    let e = || StoreError::Backend(err.to_owned());
+    match cmd {
+        Command::Append(_, r) => drop(r.send(Err(e()))),
+        Command::CreateRoom(_, r) => drop(r.send(Err(e()))),
+        Command::InsertConnection(_, r)
+        | Command::RemoveConnection(_, r)
+        | Command::AddMembership(_, _, r)
+        | Command::RemoveMembership(_, _, r) => drop(r.send(Err(e()))),
+        Command::PurgeConnections(r) => drop(r.send(Err(e()))),
+        Command::Shutdown(done) => drop(done.send(())),
+    }
+}
+
+/// The room's head: from the cache, else from the table. `None` when the room does not exist.
+fn head(tx: &Transaction<'_>, heads: &mut HashMap<RoomId, u64>, room: &RoomId) -> rusqlite::Result<Option<u64>> {
+    if let Some(&seq) = heads.get(room) {
+        return Ok(Some(seq));
+    }
+    let seq: Option<i64> = tx
+        .prepare_cached("SELECT last_seq FROM rooms WHERE room = ?1")?
+        .query_row([room.as_str()], |r| r.get(0))
+        .optional()?;
+    if let Some(seq) = seq {
+        heads.insert(room.clone(), seq as u64);
+    }
+    Ok(seq.map(|s| s as u64))
+}
+
+fn append(
+    tx: &Transaction<'_>,
+    heads: &mut HashMap<RoomId, u64>,
+    touched: &mut HashMap<RoomId, u64>,
+    m: NewMessage,
+    ts: u64,
+) -> Result<Appended, StoreError> {
+    let original = tx
+        .prepare_cached("SELECT seq, data, ts FROM messages WHERE room = ?1 AND user = ?2 AND id = ?3")
+        .and_then(|mut s| {
+            s.query_row([m.room.as_str(), m.user.as_str(), &m.id], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?))
+            })
+            .optional()
+        })
+        .map_err(backend)?;
+    if let Some((seq, data, ts)) = original {
+        let message = ChatMessage { room: m.room, seq: Seq(seq as u64), id: m.id, user: m.user, data, ts: ts as u64 };
+        return Ok(Appended { message: Arc::new(message), duplicate: true });
+    }
+    let seq = head(tx, heads, &m.room).map_err(backend)?.unwrap_or(0) + 1;
+    tx.prepare_cached("INSERT INTO messages (room, seq, id, user, data, ts) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")
+        .and_then(|mut s| s.execute(params![m.room.as_str(), seq as i64, m.id, m.user.as_str(), m.data, ts as i64]))
+        .map_err(backend)?;
+    heads.insert(m.room.clone(), seq);
+    touched.insert(m.room.clone(), seq);
+    let message = ChatMessage { room: m.room, seq: Seq(seq), id: m.id, user: m.user, data: m.data, ts };
+    Ok(Appended { message: Arc::new(message), duplicate: false })
+}
+
+fn create_room(tx: &Transaction<'_>, heads: &mut HashMap<RoomId, u64>, room: &RoomId, ts: u64) -> Result<Seq, StoreError> {
+    if let Some(seq) = head(tx, heads, room).map_err(backend)? {
+        return Ok(Seq(seq));
+    }
+    tx.prepare_cached("INSERT INTO rooms (room, last_seq, created_at) VALUES (?1, 0, ?2)")
+        .and_then(|mut s| s.execute(params![room.as_str(), ts as i64]))
+        .map_err(backend)?;
+    heads.insert(room.clone(), 0);
+    Ok(Seq::ZERO)
+}
+
+/// Writes the batch's new heads; part of the batch's transaction.
+fn save_heads(tx: &Transaction<'_>, touched: &HashMap<RoomId, u64>, ts: u64) -> rusqlite::Result<()> {
+    let mut stmt = tx.prepare_cached(
+        "INSERT INTO rooms (room, last_seq, created_at) VALUES (?1, ?2, ?3)
+         ON CONFLICT (room) DO UPDATE SET last_seq = excluded.last_seq",
+    )?;
+    for (room, seq) in touched {
+        stmt.execute(params![room.as_str(), *seq as i64, ts as i64])?;
+    }
+    Ok(())
+}
+
+fn message_row(room: &RoomId, r: &rusqlite::Row<'_>) -> rusqlite::Result<Arc<ChatMessage>> {
+    let user: String = r.get(2)?;
+    Ok(Arc::new(ChatMessage {
+        room: room.clone(),
+        seq: Seq(r.get::<_, i64>(0)? as u64),
+        id: r.get(1)?,
+        // Names were validated before they were stored; a row edited by hand still loads.
+        user: UserName::parse(&user).unwrap_or_else(|_| UserName::guest()),
+        data: r.get(3)?,
+        ts: r.get::<_, i64>(4)? as u64,
+    }))
+}
+
+#[async_trait]
+impl MessageLog for SqliteStore {
+    async fn append(&self, message: NewMessage) -> Result<Appended, StoreError> {
+        self.call(|r| Command::Append(message, r)).await
+    }
+
+    async fn create_room(&self, room: &RoomId) -> Result<Seq, StoreError> {
+        let room = room.clone();
+        self.call(|r| Command::CreateRoom(room, r)).await
+    }
+
+    async fn head(&self, room: &RoomId) -> Result<Option<Seq>, StoreError> {
+        let room = room.clone();
+        self.read(move |c| {
+            c.prepare_cached("SELECT last_seq FROM rooms WHERE room = ?1")?
+                .query_row([room.as_str()], |r| r.get::<_, i64>(0))
+                .optional()
+                .map(|s| s.map(|s| Seq(s as u64)))
+        })
+        .await
+    }
+
+    async fn read(&self, room: &RoomId, query: HistoryQuery) -> Result<Page, StoreError> {
+        let room = room.clone();
+        self.read(move |c| {
+            const COLS: &str = "SELECT seq, id, user, data, ts FROM messages WHERE room = ?1";
+            // One row past the limit tells whether there is more.
+            let (sql, bound, limit, newest_first) = match query {
+                HistoryQuery::Latest { limit } => (format!("{COLS} ORDER BY seq DESC LIMIT ?2"), None, limit, true),
+                HistoryQuery::Before { seq, limit } => {
+                    (format!("{COLS} AND seq < ?3 ORDER BY seq DESC LIMIT ?2"), Some(seq), limit, true)
+                }
+                HistoryQuery::After { seq, limit } => {
+                    (format!("{COLS} AND seq > ?3 ORDER BY seq ASC LIMIT ?2"), Some(seq), limit, false)
+                }
+            };
+            let mut stmt = c.prepare_cached(&sql)?;
+            let fetch = limit as i64 + 1;
+            let to_message = |r: &rusqlite::Row<'_>| message_row(&room, r);
+            let mut messages = match bound {
+                None => stmt.query_map(params![room.as_str(), fetch], to_message)?.collect::<rusqlite::Result<Vec<_>>>()?,
+                Some(s) => stmt
+                    .query_map(params![room.as_str(), fetch, s.0 as i64], to_message)?
+                    .collect::<rusqlite::Result<Vec<_>>>()?,
+            };
+            let more = messages.len() > limit;
+            messages.truncate(limit);
+            if newest_first {
+                messages.reverse();
+            }
+            Ok(Page { messages, more })
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl ConnectionStore for SqliteStore {
+    async fn insert(&self, record: &ConnectionRecord) -> Result<(), StoreError> {
+        let record = record.clone();
+        self.call(|r| Command::InsertConnection(record, r)).await
+    }
+
+    async fn remove(&self, id: &ConnectionId) -> Result<(), StoreError> {
+        let id = id.clone();
+        self.call(|r| Command::RemoveConnection(id, r)).await
+    }
+
+    async fn add_membership(&self, id: &ConnectionId, room: &RoomId) -> Result<(), StoreError> {
+        let (id, room) = (id.clone(), room.clone());
+        self.call(|r| Command::AddMembership(id, room, r)).await
+    }
+
+    async fn remove_membership(&self, id: &ConnectionId, room: &RoomId) -> Result<(), StoreError> {
+        let (id, room) = (id.clone(), room.clone());
+        self.call(|r| Command::RemoveMembership(id, room, r)).await
+    }
+
+    async fn list(&self) -> Result<Vec<(ConnectionRecord, Vec<RoomId>)>, StoreError> {
+        self.read(|c| {
+            let mut rooms: HashMap<String, Vec<RoomId>> = HashMap::new();
+            let mut stmt = c.prepare("SELECT connection_id, room FROM memberships ORDER BY room")?;
+            for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))? {
+                let (id, room) = row?;
+                if let Ok(room) = RoomId::parse(&room) {
+                    rooms.entry(id).or_default().push(room);
+                }
+            }
+            let mut stmt = c.prepare(
+                "SELECT id, user, mode, source_ip, user_agent, connected_at FROM connections ORDER BY id",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, String>(4)?,
+                    r.get::<_, i64>(5)?,
+                ))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (id, user, mode, source_ip, user_agent, connected_at) = row?;
+                let (Ok(cid), Ok(user)) = (ConnectionId::parse(&id), UserName::parse(&user)) else { continue };
+                let record = ConnectionRecord {
+                    id: cid,
+                    user,
+                    mode: if mode == "compat" { Mode::Compat } else { Mode::V1 },
+                    source_ip,
+                    user_agent,
+                    connected_at: connected_at as u64,
+                };
+                out.push((record, rooms.remove(&id).unwrap_or_default()));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn purge_stale(&self) -> Result<u64, StoreError> {
+        self.call(Command::PurgeConnections).await
+    }
+}
