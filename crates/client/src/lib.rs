@@ -53,7 +53,7 @@ impl Client {
         request
             .headers_mut()
             .insert("Sec-WebSocket-Protocol", HeaderValue::from_static(SUBPROTOCOL_V1));
-        let (socket, _) = tokio_tungstenite::connect_async(request).await?;
+        let (socket, _) = tokio_tungstenite::connect_async_with_config(request, None, true).await?;
         let mut client = Client { socket, connected: ServerFrame::Left { room: dynamowave_core::RoomId::default_room() } };
         match client.next().await? {
             hello @ ServerFrame::Connected { .. } => client.connected = hello,
@@ -74,6 +74,17 @@ impl Client {
     pub async fn send_raw(&mut self, text: impl Into<String>) -> Result<(), ClientError> {
         self.socket.send(Message::text(text.into())).await?;
         Ok(())
+    }
+
+    /// Sends a binary frame (the server refuses them; for tests).
+    pub async fn send_binary(&mut self, bytes: Vec<u8>) -> Result<(), ClientError> {
+        self.socket.send(Message::binary(bytes)).await?;
+        Ok(())
+    }
+
+    /// The underlying socket, for sending frames the methods here never would.
+    pub fn socket_mut(&mut self) -> &mut WebSocketStream<MaybeTlsStream<TcpStream>> {
+        &mut self.socket
     }
 
     pub async fn send_message(&mut self, room: &str, data: &str, id: &str) -> Result<(), ClientError> {
@@ -124,6 +135,11 @@ impl Client {
         serde_json::from_str(&text).map_err(|e| ClientError::Protocol(format!("{e}: {text}")))
     }
 
+    /// The next text frame as the server sent it, unparsed (e.g. a `POST /@connections` body).
+    pub async fn next_raw(&mut self) -> Result<String, ClientError> {
+        next_text(&mut self.socket).await
+    }
+
     /// [`next`](Self::next) with a deadline.
     pub async fn next_within(&mut self, limit: Duration) -> Result<ServerFrame, ClientError> {
         tokio::time::timeout(limit, self.next())
@@ -167,7 +183,7 @@ pub struct CompatClient {
 
 impl CompatClient {
     pub async fn connect(url: &str) -> Result<Self, ClientError> {
-        let (socket, _) = tokio_tungstenite::connect_async(url).await?;
+        let (socket, _) = tokio_tungstenite::connect_async_with_config(url, None, true).await?;
         Ok(CompatClient { socket })
     }
 

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
+use axum::serve::ListenerExt;
 use axum::routing::get;
 use dynamowave_core::error::close_code;
 use dynamowave_core::handlers::Services;
@@ -98,6 +99,12 @@ pub async fn run(
             hub.close_all(close_code::GOING_AWAY, "server shutting down");
         }
     };
+    // Chat frames are small and latency-bound: Nagle's algorithm would hold them back.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(signal)
         .await?;

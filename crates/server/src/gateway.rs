@@ -32,6 +32,8 @@ use crate::hub::{ConnectionHandle, Outgoing};
 
 /// Frames written per flush when the outbound queue has a backlog.
 const WRITE_BATCH: usize = 64;
+/// How long a closing connection waits for the client's close frame.
+const CLOSE_LINGER: Duration = Duration::from_secs(1);
 
 /// Takes the WebSocket upgrade. `?name=` names the user (a guest name otherwise); offering the
 /// `dynamowave.v1` subprotocol selects v1 mode, anything else is compat mode.
@@ -100,9 +102,22 @@ impl SocketOutbox {
         }
     }
 
+    /// Sends a close frame, then reads until the client answers it (or [`CLOSE_LINGER`]).
+    /// Reading what the client still had in flight matters: closing a TCP socket with unread
+    /// input makes the kernel send a reset, and the client would lose the close frame.
     async fn close(&mut self, code: u16, reason: &str) {
         let frame = CloseFrame { code, reason: reason.into() };
-        let _ = tokio::time::timeout(self.write_timeout, self.socket.send(Message::Close(Some(frame)))).await;
+        let sent = tokio::time::timeout(self.write_timeout, self.socket.send(Message::Close(Some(frame)))).await;
+        if matches!(sent, Ok(Ok(()))) {
+            let _ = tokio::time::timeout(CLOSE_LINGER, async {
+                while let Some(Ok(frame)) = self.socket.recv().await {
+                    if matches!(frame, Message::Close(_)) {
+                        break;
+                    }
+                }
+            })
+            .await;
+        }
     }
 }
 

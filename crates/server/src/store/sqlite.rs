@@ -95,12 +95,7 @@ impl SqliteStore {
         lock.try_lock().map_err(|_| OpenError::Locked(dir.to_owned()))?;
 
         let path = dir.join("dynamowave.sqlite3");
-        let conn = Connection::open(&path).map_err(|e| OpenError::Sqlite(path.clone(), e))?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .and_then(|_| conn.pragma_update(None, "synchronous", "FULL"))
-            .and_then(|_| conn.busy_timeout(std::time::Duration::from_secs(5)))
-            .and_then(|_| conn.execute_batch(SCHEMA))
-            .map_err(|e| OpenError::Sqlite(path.clone(), e))?;
+        let conn = open_writer(&path).map_err(|e| OpenError::Sqlite(path.clone(), e))?;
 
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let writer_thread = thread::Builder::new()
@@ -167,6 +162,17 @@ pub enum OpenError {
     Locked(PathBuf),
     #[error("cannot open the SQLite database {0}: {1}")]
     Sqlite(PathBuf, rusqlite::Error),
+}
+
+/// The writer's connection: WAL (readers never block it), `synchronous=FULL` (a commit is
+/// fsync'd before it returns, so an ack survives power loss), and the schema.
+fn open_writer(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.execute_batch(SCHEMA)?;
+    Ok(conn)
 }
 
 fn backend(e: rusqlite::Error) -> StoreError {
@@ -585,5 +591,17 @@ impl ConnectionStore for SqliteStore {
 
     async fn purge_stale(&self) -> Result<u64, StoreError> {
         self.call(Command::PurgeConnections).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_writer_commits_with_wal_and_full_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = super::open_writer(&dir.path().join("db")).unwrap();
+        let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+        let sync: i64 = conn.query_row("PRAGMA synchronous", [], |r| r.get(0)).unwrap();
+        assert_eq!((mode.as_str(), sync), ("wal", 2), "2 is FULL");
     }
 }

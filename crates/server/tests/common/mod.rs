@@ -1,0 +1,113 @@
+//! Test helper: a real server on 127.0.0.1:0 with its own data directory, stopped gracefully on
+//! [`TestServer::stop`] or when dropped.
+
+#![allow(dead_code, reason = "each test file uses a different part of the helper")]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use dynamowave_client::{Client, CompatClient};
+use dynamowave_server::{ServerConfig, ServerError};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub const WAIT: Duration = Duration::from_secs(10);
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), ServerError>>>,
+    // Kept alive for the server's life when the server made its own directory.
+    _tempdir: Option<tempfile::TempDir>,
+}
+
+impl TestServer {
+    /// A server with default settings in a fresh temporary directory.
+    pub async fn start() -> Self {
+        Self::start_with(ServerConfig::default()).await
+    }
+
+    pub async fn start_with(config: ServerConfig) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut server = Self::start_in(dir.path(), config).await;
+        server._tempdir = Some(dir);
+        server
+    }
+
+    /// A server on `data_dir` (which the caller keeps), e.g. to restart on the same data.
+    pub async fn start_in(data_dir: &Path, config: ServerConfig) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let config = ServerConfig { data_dir: data_dir.to_owned(), listen: addr, ..config };
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(dynamowave_server::run(listener, config, async {
+            let _ = stopped.await;
+        }));
+        TestServer { addr, data_dir: data_dir.to_owned(), stop: Some(stop), task: Some(task), _tempdir: None }
+    }
+
+    pub fn ws_url(&self, name: &str) -> String {
+        format!("ws://{}/ws?name={name}", self.addr)
+    }
+
+    pub fn http(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub async fn v1(&self, name: &str) -> Client {
+        Client::connect(&self.ws_url(name)).await.unwrap()
+    }
+
+    pub async fn compat(&self) -> CompatClient {
+        CompatClient::connect(&format!("ws://{}/ws", self.addr)).await.unwrap()
+    }
+
+    /// Graceful shutdown: waits until the server has closed every socket and committed.
+    pub async fn stop(mut self) {
+        self.stop.take().map(|s| s.send(()));
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(WAIT, task)
+                .await
+                .expect("server stops within the grace period")
+                .unwrap()
+                .unwrap();
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.stop.take().map(|s| s.send(()));
+    }
+}
+
+/// Reads frames until one matches, failing after [`WAIT`]; returns it and what came before.
+pub async fn until<F>(
+    client: &mut Client,
+    mut pred: F,
+) -> (dynamowave_core::protocol::ServerFrame, Vec<dynamowave_core::protocol::ServerFrame>)
+where
+    F: FnMut(&dynamowave_core::protocol::ServerFrame) -> bool,
+{
+    let mut skipped = Vec::new();
+    loop {
+        let frame = client.next_within(WAIT).await.expect("a frame in time");
+        if pred(&frame) {
+            return (frame, skipped);
+        }
+        skipped.push(frame);
+    }
+}
+
+/// Reads (and drops) frames until the server closes; returns the close code and reason.
+pub async fn closed(client: &mut Client) -> (u16, String) {
+    loop {
+        match client.next_within(WAIT).await {
+            Ok(_) => continue,
+            Err(dynamowave_client::ClientError::Closed { code, reason }) => return (code, reason),
+            Err(e) => panic!("expected a close frame, got {e}"),
+        }
+    }
+}
