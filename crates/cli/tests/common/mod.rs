@@ -1,0 +1,87 @@
+//! Test helper: the real `dynamowave` binary as a child process, killed on drop.
+
+#![allow(dead_code, reason = "each test file uses a different part of the helper")]
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct ServerProcess {
+    child: Child,
+    /// `127.0.0.1:PORT`, read from the line the server prints at start.
+    pub addr: String,
+}
+
+impl ServerProcess {
+    /// Starts `dynamowave serve --listen 127.0.0.1:0 --data-dir DIR ARGS...` with `env` added.
+    pub fn start(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_dynamowave"));
+        cmd.arg("serve").arg("--data-dir").arg(data_dir);
+        if !args.contains(&"--listen") {
+            cmd.args(["--listen", "127.0.0.1:0"]);
+        }
+        cmd.args(args)
+            .envs(env.iter().copied())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = cmd.spawn().expect("the dynamowave binary starts");
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        // "DynamoWave chat on ws://127.0.0.1:PORT/ws (data in ...) - try: ..."
+        let addr = line
+            .split("ws://")
+            .nth(1)
+            .and_then(|rest| rest.split("/ws").next())
+            .unwrap_or_else(|| panic!("no address in {line:?}"))
+            .to_owned();
+        ServerProcess { child, addr }
+    }
+
+    pub fn ws_url(&self, name: &str) -> String {
+        format!("ws://{}/ws?name={name}", self.addr)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL: no shutdown code runs, as in a crash or power loss of the process.
+    pub fn kill_9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM, then waits for the exit.
+    pub fn terminate(mut self, within: Duration) -> ExitStatus {
+        let ok = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        assert!(ok.success());
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "the server did not exit within {within:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Rows in the connections table, read straight from the SQLite file.
+pub fn connection_rows(data_dir: &Path) -> i64 {
+    let conn = rusqlite::Connection::open_with_flags(
+        data_dir.join("dynamowave.sqlite3"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    conn.query_row("SELECT count(*) FROM connections", [], |r| r.get(0)).unwrap()
+}
