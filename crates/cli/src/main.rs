@@ -12,7 +12,11 @@ mod serve;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "dynamowave", version, about = "A real-time chat backend in one binary")]
+#[command(
+    name = "dynamowave",
+    version,
+    about = "A real-time chat backend in one binary"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -32,7 +36,9 @@ fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     match cli.command {
         Some(Command::Serve(args)) => runtime.block_on(serve::run(args)),
         None => runtime.block_on(serve::run(serve::ServeArgs::from_env())),

@@ -60,7 +60,15 @@ impl ServeArgs {
         macro_rules! set {
             ($($field:ident),*) => { $( if let Some(v) = self.$field { c.$field = v; } )* };
         }
-        set!(listen, data_dir, max_frame_bytes, max_message_bytes, outbound_queue, write_timeout_ms, shutdown_grace_ms);
+        set!(
+            listen,
+            data_dir,
+            max_frame_bytes,
+            max_message_bytes,
+            outbound_queue,
+            write_timeout_ms,
+            shutdown_grace_ms
+        );
         if self.admin_token.is_some() {
             c.admin_token = self.admin_token;
         }
@@ -71,15 +79,18 @@ impl ServeArgs {
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = args.into_config()?;
-    let listener = tokio::net::TcpListener::bind(config.listen)
+    let (listen, data_dir) = (config.listen, config.data_dir.clone());
+    // Open the store first: the line below promises a server that accepts connections.
+    let server = dynamowave_server::Server::open(config).await?;
+    let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
+        .with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
     println!(
         "DynamoWave chat on ws://{addr}/ws (data in {}) - try: npx wscat -c ws://{addr}/ws",
-        config.data_dir.display()
+        data_dir.display()
     );
-    dynamowave_server::run(listener, config, shutdown_signal()).await?;
+    server.serve(listener, shutdown_signal()).await?;
     Ok(())
 }
 
@@ -87,7 +98,9 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        let mut term = match tokio::signal::unix::signal(
+            tokio::signal::unix::SignalKind::terminate(),
+        ) {
             Ok(term) => term,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot watch SIGTERM; only Ctrl-C stops the server");

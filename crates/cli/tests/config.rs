@@ -32,11 +32,23 @@ async fn flags_beat_environment_beat_file_beat_defaults() {
 
     let env = [("DYNAMOWAVE_MAX_FRAME_BYTES", "8192")];
     let server = ServerProcess::start(&data, &["--config", file], &env);
-    assert_eq!(max_frame_bytes(&server).await, 8192, "environment over file");
+    assert_eq!(
+        max_frame_bytes(&server).await,
+        8192,
+        "environment over file"
+    );
     drop(server);
 
-    let server = ServerProcess::start(&data, &["--config", file, "--max-frame-bytes", "16384"], &env);
-    assert_eq!(max_frame_bytes(&server).await, 16384, "flag over environment");
+    let server = ServerProcess::start(
+        &data,
+        &["--config", file, "--max-frame-bytes", "16384"],
+        &env,
+    );
+    assert_eq!(
+        max_frame_bytes(&server).await,
+        16384,
+        "flag over environment"
+    );
 }
 
 #[test]
@@ -51,10 +63,19 @@ fn bad_settings_are_refused_with_a_reason() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("invalid config file") && err.contains("max-frame-bytes"), "{err}");
+    assert!(
+        err.contains("invalid config file") && err.contains("max-frame-bytes"),
+        "{err}"
+    );
 
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_dynamowave"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--max-message-bytes", "10"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--max-message-bytes",
+            "10",
+        ])
         .arg("--data-dir")
         .arg(dir.path())
         .output()

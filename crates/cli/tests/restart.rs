@@ -28,22 +28,40 @@ async fn after_kill_9_history_survives_and_stale_connections_are_purged() {
     let _idle_a = joined(&server.ws_url("idle-a"), "r").await;
     let _idle_b = joined(&server.ws_url("idle-b"), "r").await;
     for i in 1..=5 {
-        writer.send_and_ack("r", &format!("m{i}"), &format!("id{i}")).await.unwrap();
+        writer
+            .send_and_ack("r", &format!("m{i}"), &format!("id{i}"))
+            .await
+            .unwrap();
     }
-    assert_eq!(connection_rows(dir.path()), 3, "the connections table records live connections");
+    assert_eq!(
+        connection_rows(dir.path()),
+        3,
+        "the connections table records live connections"
+    );
 
     server.kill_9();
-    assert_eq!(connection_rows(dir.path()), 3, "a crash leaves stale rows behind");
+    assert_eq!(
+        connection_rows(dir.path()),
+        3,
+        "a crash leaves stale rows behind"
+    );
 
     let server = ServerProcess::start(dir.path(), &[], &[]);
     // The purge runs before the server accepts connections (and prints its address).
-    assert_eq!(connection_rows(dir.path()), 0, "stale rows are purged at start");
+    assert_eq!(
+        connection_rows(dir.path()),
+        0,
+        "stale rows are purged at start"
+    );
 
     let mut c = joined(&server.ws_url("back"), "r").await;
     c.history("r", None, None, None).await.unwrap();
     match c.next_within(WAIT).await.unwrap() {
         ServerFrame::History { messages, more, .. } => {
-            let got: Vec<_> = messages.iter().map(|m| (m.seq.0, m.data.as_str())).collect();
+            let got: Vec<_> = messages
+                .iter()
+                .map(|m| (m.seq.0, m.data.as_str()))
+                .collect();
             assert_eq!(got, [(1, "m1"), (2, "m2"), (3, "m3"), (4, "m4"), (5, "m5")]);
             assert!(!more);
         }
@@ -60,7 +78,9 @@ async fn sigterm_closes_every_socket_with_1001_and_exits_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let server = ServerProcess::start(dir.path(), &[], &[]);
     let mut v1 = joined(&server.ws_url("ann"), "r").await;
-    let mut compat = CompatClient::connect(&format!("ws://{}/ws", server.addr)).await.unwrap();
+    let mut compat = CompatClient::connect(&format!("ws://{}/ws", server.addr))
+        .await
+        .unwrap();
     v1.send_and_ack("r", "last words", "last").await.unwrap();
 
     let pid = server.pid();

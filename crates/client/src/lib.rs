@@ -50,14 +50,24 @@ impl Client {
     /// waits for the `connected` frame.
     pub async fn connect(url: &str) -> Result<Self, ClientError> {
         let mut request = url.into_client_request()?;
-        request
-            .headers_mut()
-            .insert("Sec-WebSocket-Protocol", HeaderValue::from_static(SUBPROTOCOL_V1));
+        request.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            HeaderValue::from_static(SUBPROTOCOL_V1),
+        );
         let (socket, _) = tokio_tungstenite::connect_async_with_config(request, None, true).await?;
-        let mut client = Client { socket, connected: ServerFrame::Left { room: dynamowave_core::RoomId::default_room() } };
+        let mut client = Client {
+            socket,
+            connected: ServerFrame::Left {
+                room: dynamowave_core::RoomId::default_room(),
+            },
+        };
         match client.next().await? {
             hello @ ServerFrame::Connected { .. } => client.connected = hello,
-            other => return Err(ClientError::Protocol(format!("expected connected, got {other:?}"))),
+            other => {
+                return Err(ClientError::Protocol(format!(
+                    "expected connected, got {other:?}"
+                )));
+            }
         }
         Ok(client)
     }
@@ -87,7 +97,12 @@ impl Client {
         &mut self.socket
     }
 
-    pub async fn send_message(&mut self, room: &str, data: &str, id: &str) -> Result<(), ClientError> {
+    pub async fn send_message(
+        &mut self,
+        room: &str,
+        data: &str,
+        id: &str,
+    ) -> Result<(), ClientError> {
         self.send_json(json!({"action": "sendmessage", "room": room, "data": data, "id": id}))
             .await
     }
@@ -101,7 +116,8 @@ impl Client {
     }
 
     pub async fn leave(&mut self, room: &str) -> Result<(), ClientError> {
-        self.send_json(json!({"action": "leave", "room": room})).await
+        self.send_json(json!({"action": "leave", "room": room}))
+            .await
     }
 
     /// Asks for a page of history; `before` and `after` are exclusive of each other.
@@ -122,7 +138,8 @@ impl Client {
     }
 
     pub async fn members(&mut self, room: &str) -> Result<(), ClientError> {
-        self.send_json(json!({"action": "members", "room": room})).await
+        self.send_json(json!({"action": "members", "room": room}))
+            .await
     }
 
     async fn send_json(&mut self, frame: serde_json::Value) -> Result<(), ClientError> {
@@ -159,11 +176,14 @@ impl Client {
         let mut others = Vec::new();
         loop {
             match self.next().await? {
-                ack @ ServerFrame::Ack { .. } if matches!(&ack, ServerFrame::Ack { id: got, .. } if got == id) => {
+                ack @ ServerFrame::Ack { .. } if matches!(&ack, ServerFrame::Ack { id: got, .. } if got == id) =>
+                {
                     return Ok((ack, others));
                 }
                 err @ ServerFrame::Error { .. } => {
-                    return Err(ClientError::Protocol(format!("error instead of ack: {err:?}")));
+                    return Err(ClientError::Protocol(format!(
+                        "error instead of ack: {err:?}"
+                    )));
                 }
                 other => others.push(other),
             }
@@ -227,7 +247,12 @@ async fn next_text(socket: &mut Socket) -> Result<String, ClientError> {
             }
             Some(Ok(_)) => continue,
             Some(Err(e)) => return Err(e.into()),
-            None => return Err(ClientError::Closed { code: 1006, reason: "connection dropped".into() }),
+            None => {
+                return Err(ClientError::Closed {
+                    code: 1006,
+                    reason: "connection dropped".into(),
+                });
+            }
         }
     }
 }

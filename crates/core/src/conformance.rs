@@ -46,7 +46,12 @@ fn user(name: &str) -> UserName {
 }
 
 fn msg(r: &str, u: &str, id: &str, data: &str) -> NewMessage {
-    NewMessage { room: room(r), id: id.into(), user: user(u), data: data.into() }
+    NewMessage {
+        room: room(r),
+        id: id.into(),
+        user: user(u),
+        data: data.into(),
+    }
 }
 
 fn seqs(messages: &[Arc<ChatMessage>]) -> Vec<u64> {
@@ -67,14 +72,24 @@ where
 
     // Seqs start at 1 and count up per room, independently.
     let (log, _) = fresh().await;
-    assert_eq!(log.head(&room("a")).await.unwrap(), None, "unknown room has no head");
+    assert_eq!(
+        log.head(&room("a")).await.unwrap(),
+        None,
+        "unknown room has no head"
+    );
     for i in 1..=3 {
-        let a = log.append(msg("a", "ann", &format!("a{i}"), "x")).await.unwrap();
+        let a = log
+            .append(msg("a", "ann", &format!("a{i}"), "x"))
+            .await
+            .unwrap();
         assert_eq!(a.message.seq, Seq(i));
         assert!(!a.duplicate);
     }
     for i in 1..=2 {
-        let b = log.append(msg("b", "ann", &format!("b{i}"), "x")).await.unwrap();
+        let b = log
+            .append(msg("b", "ann", &format!("b{i}"), "x"))
+            .await
+            .unwrap();
         assert_eq!(b.message.seq, Seq(i));
     }
     assert_eq!(log.head(&room("a")).await.unwrap(), Some(Seq(3)));
@@ -93,29 +108,56 @@ where
     let big = "é\"\\\n🙂".repeat(20_000);
     let a = log.append(msg("r", "zoë", "id-1", &big)).await.unwrap();
     let m = &a.message;
-    assert_eq!((m.room.as_str(), m.user.as_str(), m.id.as_str()), ("r", "zoë", "id-1"));
+    assert_eq!(
+        (m.room.as_str(), m.user.as_str(), m.id.as_str()),
+        ("r", "zoë", "id-1")
+    );
     assert_eq!(m.data, big);
     assert!(m.ts > 1_600_000_000_000, "ts is epoch milliseconds");
-    let page = log.read(&room("r"), HistoryQuery::Latest { limit: 10 }).await.unwrap();
+    let page = log
+        .read(&room("r"), HistoryQuery::Latest { limit: 10 })
+        .await
+        .unwrap();
     assert_eq!(page.messages, vec![a.message.clone()]);
 
     // Idempotency: (room, user, id) is stored once; the original comes back as a duplicate.
     let (log, listener) = fresh().await;
     let first = log.append(msg("r", "ann", "same", "first")).await.unwrap();
-    let again = log.append(msg("r", "ann", "same", "changed")).await.unwrap();
+    let again = log
+        .append(msg("r", "ann", "same", "changed"))
+        .await
+        .unwrap();
     assert!(again.duplicate);
-    assert_eq!(again.message, first.message, "a retry gets the original back");
+    assert_eq!(
+        again.message, first.message,
+        "a retry gets the original back"
+    );
     let other_user = log.append(msg("r", "bob", "same", "bob's")).await.unwrap();
-    assert_eq!((other_user.message.seq, other_user.duplicate), (Seq(2), false));
-    let other_room = log.append(msg("s", "ann", "same", "elsewhere")).await.unwrap();
-    assert_eq!((other_room.message.seq, other_room.duplicate), (Seq(1), false));
+    assert_eq!(
+        (other_user.message.seq, other_user.duplicate),
+        (Seq(2), false)
+    );
+    let other_room = log
+        .append(msg("s", "ann", "same", "elsewhere"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (other_room.message.seq, other_room.duplicate),
+        (Seq(1), false)
+    );
     assert_eq!(log.head(&room("r")).await.unwrap(), Some(Seq(2)));
-    assert_eq!(listener.seen().len(), 3, "duplicates are not delivered again");
+    assert_eq!(
+        listener.seen().len(),
+        3,
+        "duplicates are not delivered again"
+    );
 
     // History pages.
     let (log, _) = fresh().await;
     for i in 1..=10 {
-        log.append(msg("h", "ann", &i.to_string(), &format!("m{i}"))).await.unwrap();
+        log.append(msg("h", "ann", &i.to_string(), &format!("m{i}")))
+            .await
+            .unwrap();
     }
     let h = room("h");
     let read = |q| {
@@ -127,24 +169,62 @@ where
     assert_eq!((seqs(&p.messages), p.more), (vec![8, 9, 10], true));
     let p = read(HistoryQuery::Latest { limit: 50 }).await;
     assert_eq!((seqs(&p.messages), p.more), ((1..=10).collect(), false));
-    let p = read(HistoryQuery::Before { seq: Seq(8), limit: 3 }).await;
+    let p = read(HistoryQuery::Before {
+        seq: Seq(8),
+        limit: 3,
+    })
+    .await;
     assert_eq!((seqs(&p.messages), p.more), (vec![5, 6, 7], true));
-    let p = read(HistoryQuery::Before { seq: Seq(3), limit: 5 }).await;
+    let p = read(HistoryQuery::Before {
+        seq: Seq(3),
+        limit: 5,
+    })
+    .await;
     assert_eq!((seqs(&p.messages), p.more), (vec![1, 2], false));
-    let p = read(HistoryQuery::Before { seq: Seq(1), limit: 5 }).await;
+    let p = read(HistoryQuery::Before {
+        seq: Seq(1),
+        limit: 5,
+    })
+    .await;
     assert_eq!((seqs(&p.messages), p.more), (vec![], false));
-    let p = read(HistoryQuery::Before { seq: Seq(99), limit: 2 }).await;
+    let p = read(HistoryQuery::Before {
+        seq: Seq(99),
+        limit: 2,
+    })
+    .await;
     assert_eq!((seqs(&p.messages), p.more), (vec![9, 10], true));
-    let p = read(HistoryQuery::After { seq: Seq(0), limit: 4 }).await;
+    let p = read(HistoryQuery::After {
+        seq: Seq(0),
+        limit: 4,
+    })
+    .await;
     assert_eq!((seqs(&p.messages), p.more), (vec![1, 2, 3, 4], true));
-    let p = read(HistoryQuery::After { seq: Seq(8), limit: 4 }).await;
+    let p = read(HistoryQuery::After {
+        seq: Seq(8),
+        limit: 4,
+    })
+    .await;
     assert_eq!((seqs(&p.messages), p.more), (vec![9, 10], false));
-    let p = read(HistoryQuery::After { seq: Seq(10), limit: 4 }).await;
+    let p = read(HistoryQuery::After {
+        seq: Seq(10),
+        limit: 4,
+    })
+    .await;
     assert_eq!((seqs(&p.messages), p.more), (vec![], false));
     assert_eq!(p.messages.len(), 0);
-    let p = log.read(&room("nope"), HistoryQuery::Latest { limit: 5 }).await.unwrap();
-    assert!(p.messages.is_empty() && !p.more, "an unknown room reads as empty");
-    let p = read(HistoryQuery::After { seq: Seq(2), limit: 1 }).await;
+    let p = log
+        .read(&room("nope"), HistoryQuery::Latest { limit: 5 })
+        .await
+        .unwrap();
+    assert!(
+        p.messages.is_empty() && !p.more,
+        "an unknown room reads as empty"
+    );
+    let p = read(HistoryQuery::After {
+        seq: Seq(2),
+        limit: 1,
+    })
+    .await;
     assert_eq!(p.messages[0].data, "m3");
 
     // Concurrent appends: no gap, no reuse, and the listener sees each commit once, in order.
@@ -166,10 +246,32 @@ where
     }
     let mut all: Vec<u64> = tasks.join_all().await.into_iter().flatten().collect();
     all.sort_unstable();
-    assert_eq!(all, (1..=200).collect::<Vec<_>>(), "every append got its own seq");
-    let seen: Vec<u64> = listener.seen().iter().filter(|m| m.room.as_str() == "c").map(|m| m.seq.0).collect();
-    assert_eq!(seen, (1..=200).collect::<Vec<_>>(), "the listener sees commits in seq order");
-    let p = log.read(&room("c"), HistoryQuery::After { seq: Seq(0), limit: 500 }).await.unwrap();
+    assert_eq!(
+        all,
+        (1..=200).collect::<Vec<_>>(),
+        "every append got its own seq"
+    );
+    let seen: Vec<u64> = listener
+        .seen()
+        .iter()
+        .filter(|m| m.room.as_str() == "c")
+        .map(|m| m.seq.0)
+        .collect();
+    assert_eq!(
+        seen,
+        (1..=200).collect::<Vec<_>>(),
+        "the listener sees commits in seq order"
+    );
+    let p = log
+        .read(
+            &room("c"),
+            HistoryQuery::After {
+                seq: Seq(0),
+                limit: 500,
+            },
+        )
+        .await
+        .unwrap();
     assert_eq!(seqs(&p.messages), (1..=200).collect::<Vec<_>>());
 }
 
@@ -200,12 +302,21 @@ where
     store.add_membership(&a.id, &room("x")).await.unwrap();
     store.add_membership(&b.id, &room("x")).await.unwrap();
     let rows = store.list().await.unwrap();
-    assert_eq!(rows, vec![(a.clone(), vec![room("x"), room("y")]), (b.clone(), vec![room("x")])]);
+    assert_eq!(
+        rows,
+        vec![
+            (a.clone(), vec![room("x"), room("y")]),
+            (b.clone(), vec![room("x")])
+        ]
+    );
 
     store.remove_membership(&a.id, &room("x")).await.unwrap();
     store.remove(&b.id).await.unwrap();
     store.remove(&b.id).await.unwrap(); // removing twice is fine
-    assert_eq!(store.list().await.unwrap(), vec![(a.clone(), vec![room("y")])]);
+    assert_eq!(
+        store.list().await.unwrap(),
+        vec![(a.clone(), vec![room("y")])]
+    );
 
     store.insert(&b).await.unwrap();
     assert_eq!(store.purge_stale().await.unwrap(), 2);

@@ -109,7 +109,11 @@ pub struct ChatError {
 
 impl ChatError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        ChatError { code, message: message.into(), retry_after_ms: None }
+        ChatError {
+            code,
+            message: message.into(),
+            retry_after_ms: None,
+        }
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -145,7 +149,9 @@ impl From<StoreError> for ChatError {
     fn from(e: StoreError) -> Self {
         ChatError::new(
             ErrorCode::Unavailable,
-            format!("the message store is unavailable ({e}); nothing was saved, retry with the same id"),
+            format!(
+                "the message store is unavailable ({e}); nothing was saved, retry with the same id"
+            ),
         )
         .with_retry_after(1000)
     }

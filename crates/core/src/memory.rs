@@ -28,7 +28,10 @@ pub struct MemoryLog {
 
 impl MemoryLog {
     pub fn new(listener: Arc<dyn CommitListener>) -> Self {
-        MemoryLog { rooms: Mutex::new(HashMap::new()), listener }
+        MemoryLog {
+            rooms: Mutex::new(HashMap::new()),
+            listener,
+        }
     }
 
     fn rooms(&self) -> MutexGuard<'_, HashMap<RoomId, RoomLog>> {
@@ -45,7 +48,10 @@ impl MessageLog for MemoryLog {
         let key = (m.user, m.id);
         if let Some(seq) = log.ids.get(&key) {
             let message = log.messages[(seq.0 - 1) as usize].clone();
-            return Ok(Appended { message, duplicate: true });
+            return Ok(Appended {
+                message,
+                duplicate: true,
+            });
         }
         let seq = Seq(log.messages.len() as u64 + 1);
         let message = Arc::new(ChatMessage {
@@ -59,7 +65,10 @@ impl MessageLog for MemoryLog {
         log.ids.insert(key, seq);
         log.messages.push(message.clone());
         self.listener.committed(std::slice::from_ref(&message));
-        Ok(Appended { message, duplicate: false })
+        Ok(Appended {
+            message,
+            duplicate: false,
+        })
     }
 
     async fn create_room(&self, room: &RoomId) -> Result<Seq, StoreError> {
@@ -69,12 +78,17 @@ impl MessageLog for MemoryLog {
     }
 
     async fn head(&self, room: &RoomId) -> Result<Option<Seq>, StoreError> {
-        Ok(self.rooms().get(room).map(|log| Seq(log.messages.len() as u64)))
+        Ok(self
+            .rooms()
+            .get(room)
+            .map(|log| Seq(log.messages.len() as u64)))
     }
 
     async fn read(&self, room: &RoomId, query: HistoryQuery) -> Result<Page, StoreError> {
         let rooms = self.rooms();
-        let Some(log) = rooms.get(room) else { return Ok(Page::default()) };
+        let Some(log) = rooms.get(room) else {
+            return Ok(Page::default());
+        };
         Ok(page_of(&log.messages, query))
     }
 }
@@ -98,7 +112,10 @@ pub fn page_of(all: &[Arc<ChatMessage>], query: HistoryQuery) -> Page {
             (start, end, end < len)
         }
     };
-    Page { messages: all[start..end].to_vec(), more }
+    Page {
+        messages: all[start..end].to_vec(),
+        more,
+    }
 }
 
 /// A [`ConnectionStore`] in a mutex.
@@ -164,11 +181,13 @@ mod conformance_tests {
 
     #[tokio::test]
     async fn memory_log_passes_the_conformance_suite() {
-        conformance::message_log(|listener| async move { Arc::new(MemoryLog::new(listener)) as _ }).await;
+        conformance::message_log(|listener| async move { Arc::new(MemoryLog::new(listener)) as _ })
+            .await;
     }
 
     #[tokio::test]
     async fn memory_connections_pass_the_conformance_suite() {
-        conformance::connection_store(|| async { Arc::new(MemoryConnections::default()) as _ }).await;
+        conformance::connection_store(|| async { Arc::new(MemoryConnections::default()) as _ })
+            .await;
     }
 }

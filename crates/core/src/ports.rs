@@ -107,7 +107,13 @@ pub trait RoomMembership: Send + Sync + 'static {
     fn members(&self, room: &RoomId) -> Vec<Member>;
 
     /// Tells the room's other v1 members that `user` joined or left (not stored).
-    fn presence(&self, room: &RoomId, event: PresenceEvent, user: &UserName, connection: &ConnectionId);
+    fn presence(
+        &self,
+        room: &RoomId,
+        event: PresenceEvent,
+        user: &UserName,
+        connection: &ConnectionId,
+    );
 }
 
 /// The socket is gone; the connection task should stop.

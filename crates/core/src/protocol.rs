@@ -227,7 +227,9 @@ impl<'a> RawFrame<'a> {
                 room: room_field(self.room)?,
                 after: u64_field("after", self.after)?.map(Seq),
             },
-            "leave" => ClientFrame::Leave { room: room_field(self.room)? },
+            "leave" => ClientFrame::Leave {
+                room: room_field(self.room)?,
+            },
             "history" => ClientFrame::History {
                 room: room_field(self.room)?,
                 query: HistoryQuery::from_params(
@@ -236,28 +238,37 @@ impl<'a> RawFrame<'a> {
                     u64_field("limit", self.limit)?,
                 )?,
             },
-            "members" => ClientFrame::Members { room: room_field(self.room)? },
+            "members" => ClientFrame::Members {
+                room: room_field(self.room)?,
+            },
             _ => ClientFrame::Default { action },
         })
     }
 }
 
 fn room_field(raw: Option<&RawValue>) -> Result<RoomId, ChatError> {
-    let name = string_field("room", raw)?
-        .ok_or_else(|| ChatError::bad_request("missing `room`: name the room, like \"room\":\"general\""))?;
+    let name = string_field("room", raw)?.ok_or_else(|| {
+        ChatError::bad_request("missing `room`: name the room, like \"room\":\"general\"")
+    })?;
     RoomId::parse(&name)
 }
 
 /// A string field; `null` counts as absent.
-fn string_field<'a>(name: &str, raw: Option<&'a RawValue>) -> Result<Option<Cow<'a, str>>, ChatError> {
+fn string_field<'a>(
+    name: &str,
+    raw: Option<&'a RawValue>,
+) -> Result<Option<Cow<'a, str>>, ChatError> {
     let Some(raw) = raw else { return Ok(None) };
     if raw.get() == "null" {
         return Ok(None);
     }
     let mut de = serde_json::Deserializer::from_str(raw.get());
-    de.deserialize_str(CowStr)
-        .map(Some)
-        .map_err(|_| ChatError::bad_request(format!("field `{name}` must be a string, got {}", preview(raw.get()))))
+    de.deserialize_str(CowStr).map(Some).map_err(|_| {
+        ChatError::bad_request(format!(
+            "field `{name}` must be a string, got {}",
+            preview(raw.get())
+        ))
+    })
 }
 
 /// A non-negative integer field; `null` counts as absent.
@@ -266,12 +277,14 @@ fn u64_field(name: &str, raw: Option<&RawValue>) -> Result<Option<u64>, ChatErro
     if raw.get() == "null" {
         return Ok(None);
     }
-    serde_json::from_str::<u64>(raw.get()).map(Some).map_err(|_| {
-        ChatError::bad_request(format!(
-            "field `{name}` must be a non-negative integer, got {}",
-            preview(raw.get())
-        ))
-    })
+    serde_json::from_str::<u64>(raw.get())
+        .map(Some)
+        .map_err(|_| {
+            ChatError::bad_request(format!(
+                "field `{name}` must be a non-negative integer, got {}",
+                preview(raw.get())
+            ))
+        })
 }
 
 fn preview(raw: &str) -> String {
@@ -279,7 +292,11 @@ fn preview(raw: &str) -> String {
     while !raw.is_char_boundary(end) {
         end -= 1;
     }
-    if end < raw.len() { format!("{}...", &raw[..end]) } else { raw.to_owned() }
+    if end < raw.len() {
+        format!("{}...", &raw[..end])
+    } else {
+        raw.to_owned()
+    }
 }
 
 /// Deserializes a JSON string, borrowing it when it has no escapes.
@@ -307,7 +324,11 @@ impl<'de> Visitor<'de> for CowStr {
 
 /// What the server sends in v1 mode.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "camelCase", rename_all_fields = "camelCase")]
+#[serde(
+    tag = "type",
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase"
+)]
 pub enum ServerFrame {
     /// Sent right after the upgrade.
     Connected {
@@ -330,8 +351,13 @@ pub enum ServerFrame {
     },
     /// The join took effect; `seq` is the room's last committed seq at that moment. A join with
     /// `after` is followed by the messages `after+1 ..= seq`, then live ones.
-    Joined { room: RoomId, seq: Seq },
-    Left { room: RoomId },
+    Joined {
+        room: RoomId,
+        seq: Seq,
+    },
+    Left {
+        room: RoomId,
+    },
     /// Someone joined or left a room this connection is in.
     Presence {
         room: RoomId,
@@ -344,7 +370,10 @@ pub enum ServerFrame {
         messages: Vec<Arc<ChatMessage>>,
         more: bool,
     },
-    Members { room: RoomId, members: Vec<Member> },
+    Members {
+        room: RoomId,
+        members: Vec<Member>,
+    },
     /// The `$default` route's reply: how to use the API, and the caller's connection info.
     Info {
         message: String,
@@ -468,7 +497,14 @@ mod tests {
     #[test]
     fn sendmessage_borrows_and_accepts_both_keys() {
         let f = decode(r#"{"action":"sendmessage","data":"hi"}"#).unwrap();
-        assert!(matches!(&f, ClientFrame::SendMessage { data: Cow::Borrowed("hi"), room: None, id: None }));
+        assert!(matches!(
+            &f,
+            ClientFrame::SendMessage {
+                data: Cow::Borrowed("hi"),
+                room: None,
+                id: None
+            }
+        ));
         let f = decode(r#"{"action":"sendmessage","message":"yo \"q\""}"#).unwrap();
         assert!(matches!(&f, ClientFrame::SendMessage { data, .. } if data == "yo \"q\""));
         let f = decode(r#"{"action":"sendmessage","room":"r1","data":"x","id":"c-1"}"#).unwrap();
@@ -500,15 +536,29 @@ mod tests {
 
     #[test]
     fn not_json_is_told_apart_from_invalid() {
-        assert!(matches!(ClientFrame::decode("hello"), Err(DecodeError::NotJson(_))));
-        assert!(matches!(ClientFrame::decode("[1,2]"), Err(DecodeError::NotJson(_))));
-        assert!(matches!(ClientFrame::decode(r#"{"action":1}"#), Err(DecodeError::Invalid(_))));
+        assert!(matches!(
+            ClientFrame::decode("hello"),
+            Err(DecodeError::NotJson(_))
+        ));
+        assert!(matches!(
+            ClientFrame::decode("[1,2]"),
+            Err(DecodeError::NotJson(_))
+        ));
+        assert!(matches!(
+            ClientFrame::decode(r#"{"action":1}"#),
+            Err(DecodeError::Invalid(_))
+        ));
     }
 
     #[test]
     fn unknown_actions_go_to_default() {
         let f = decode(r#"{"action":"whoami"}"#).unwrap();
-        assert_eq!(f, ClientFrame::Default { action: Cow::Borrowed("whoami") });
+        assert_eq!(
+            f,
+            ClientFrame::Default {
+                action: Cow::Borrowed("whoami")
+            }
+        );
     }
 
     #[test]
@@ -528,7 +578,8 @@ mod tests {
         );
         let back: ServerFrame = serde_json::from_str(&json).unwrap();
         assert_eq!(back, ServerFrame::Message(msg));
-        let err = ServerFrame::error(Some("c1"), &ChatError::too_large("x").with_retry_after(7)).to_json();
+        let err = ServerFrame::error(Some("c1"), &ChatError::too_large("x").with_retry_after(7))
+            .to_json();
         assert_eq!(
             err,
             r#"{"type":"error","id":"c1","code":"too_large","message":"x","retryAfterMs":7}"#
@@ -540,7 +591,10 @@ mod tests {
         let info = ConnectionInfo {
             connection_id: ConnectionId::parse("abc").unwrap(),
             connected_at: "t0".into(),
-            identity: Identity { source_ip: "127.0.0.1".into(), user_agent: "wscat".into() },
+            identity: Identity {
+                source_ip: "127.0.0.1".into(),
+                user_agent: "wscat".into(),
+            },
             last_active_at: "t1".into(),
         };
         assert_eq!(

@@ -70,7 +70,9 @@ impl fmt::Debug for RoomId {
 
 /// Position of a message in its room's log. The first message of a room has seq 1; 0 means
 /// "before the first message" (an empty room's head, or `after: 0` to replay everything).
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Default, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Default, Serialize, Deserialize,
+)]
 #[serde(transparent)]
 pub struct Seq(pub u64);
 
@@ -107,7 +109,9 @@ impl ConnectionId {
         {
             Ok(ConnectionId(id.into()))
         } else {
-            Err(ChatError::bad_request(format!("invalid connection id {id:?}")))
+            Err(ChatError::bad_request(format!(
+                "invalid connection id {id:?}"
+            )))
         }
     }
 
@@ -137,7 +141,10 @@ pub struct UserName(Arc<str>);
 impl UserName {
     pub fn parse(name: &str) -> Result<Self, ChatError> {
         let trimmed = name.trim();
-        if trimmed.is_empty() || trimmed.len() > MAX_USER_LEN || trimmed.chars().any(char::is_control) {
+        if trimmed.is_empty()
+            || trimmed.len() > MAX_USER_LEN
+            || trimmed.chars().any(char::is_control)
+        {
             return Err(ChatError::bad_request(format!(
                 "invalid user name {name:?}: use 1 to {MAX_USER_LEN} printable characters"
             )));

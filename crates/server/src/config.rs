@@ -47,7 +47,8 @@ impl Default for ServerConfig {
 impl ServerConfig {
     /// Reads a TOML file; keys it leaves out keep their defaults.
     pub fn from_toml_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read(path.to_owned(), e))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| ConfigError::Read(path.to_owned(), e))?;
         toml::from_str(&text).map_err(|e| ConfigError::Parse(path.to_owned(), e))
     }
 
@@ -94,16 +95,23 @@ mod tests {
 
     #[test]
     fn toml_overrides_only_what_it_names() {
-        let c: ServerConfig = toml::from_str("listen = \"127.0.0.1:9000\"\nmax-frame-bytes = 4096").unwrap();
+        let c: ServerConfig =
+            toml::from_str("listen = \"127.0.0.1:9000\"\nmax-frame-bytes = 4096").unwrap();
         assert_eq!(c.listen.port(), 9000);
         assert_eq!(c.max_frame_bytes, 4096);
         assert_eq!(c.data_dir, ServerConfig::default().data_dir);
-        assert!(toml::from_str::<ServerConfig>("lisen = \"x\"").is_err(), "typos are errors");
+        assert!(
+            toml::from_str::<ServerConfig>("lisen = \"x\"").is_err(),
+            "typos are errors"
+        );
     }
 
     #[test]
     fn validation_catches_nonsense() {
-        let c = ServerConfig { max_message_bytes: 10, ..ServerConfig::default() };
+        let c = ServerConfig {
+            max_message_bytes: 10,
+            ..ServerConfig::default()
+        };
         assert!(c.validate().is_err());
         assert!(ServerConfig::default().validate().is_ok());
     }

@@ -58,7 +58,10 @@ pub async fn upgrade(
         },
         None => UserName::guest(),
     };
-    let mode = if ws.requested_protocols().any(|p| p.as_bytes() == SUBPROTOCOL_V1.as_bytes()) {
+    let mode = if ws
+        .requested_protocols()
+        .any(|p| p.as_bytes() == SUBPROTOCOL_V1.as_bytes())
+    {
         Mode::V1
     } else {
         Mode::Compat
@@ -89,7 +92,8 @@ struct SocketOutbox {
 
 impl SocketOutbox {
     async fn feed(&mut self, text: Utf8Bytes) -> Result<(), Disconnected> {
-        match tokio::time::timeout(self.write_timeout, self.socket.feed(Message::Text(text))).await {
+        match tokio::time::timeout(self.write_timeout, self.socket.feed(Message::Text(text))).await
+        {
             Ok(Ok(())) => Ok(()),
             _ => Err(Disconnected),
         }
@@ -106,8 +110,15 @@ impl SocketOutbox {
     /// Reading what the client still had in flight matters: closing a TCP socket with unread
     /// input makes the kernel send a reset, and the client would lose the close frame.
     async fn close(&mut self, code: u16, reason: &str) {
-        let frame = CloseFrame { code, reason: reason.into() };
-        let sent = tokio::time::timeout(self.write_timeout, self.socket.send(Message::Close(Some(frame)))).await;
+        let frame = CloseFrame {
+            code,
+            reason: reason.into(),
+        };
+        let sent = tokio::time::timeout(
+            self.write_timeout,
+            self.socket.send(Message::Close(Some(frame))),
+        )
+        .await;
         if matches!(sent, Ok(Ok(()))) {
             let _ = tokio::time::timeout(CLOSE_LINGER, async {
                 while let Some(Ok(frame)) = self.socket.recv().await {
@@ -152,22 +163,38 @@ pub async fn serve_connection(socket: WebSocket, state: AppState, mut session: S
     state.hub.register(handle.clone());
     let mut shutting_down = state.shutting_down.clone();
     let services = &state.services;
-    let mut out = SocketOutbox { socket, write_timeout: state.config.write_timeout() };
+    let mut out = SocketOutbox {
+        socket,
+        write_timeout: state.config.write_timeout(),
+    };
     tracing::debug!(connection = %session.id, user = %session.user, mode = session.mode.as_str(), "connected");
 
     match connect::handle(&mut session, services, &mut out).await {
         Ok(()) if out.flush().await.is_ok() => {
             if *shutting_down.borrow() {
-                out.close(close_code::GOING_AWAY, "server shutting down").await;
+                out.close(close_code::GOING_AWAY, "server shutting down")
+                    .await;
             } else {
-                read_write_loop(&mut session, &state, &handle, &mut out, &mut outbound, &mut shutting_down).await;
+                read_write_loop(
+                    &mut session,
+                    &state,
+                    &handle,
+                    &mut out,
+                    &mut outbound,
+                    &mut shutting_down,
+                )
+                .await;
             }
         }
         Ok(()) | Err(HandlerError::Disconnected) => {}
         Err(HandlerError::Chat(e)) => {
             tracing::warn!(connection = %session.id, error = %e, "$connect failed");
             let _ = send_error(&mut out, None, &e).await;
-            out.close(e.code.close_code(), "could not register the connection; try again").await;
+            out.close(
+                e.code.close_code(),
+                "could not register the connection; try again",
+            )
+            .await;
         }
     }
 

@@ -14,7 +14,9 @@ use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use axum::extract::ws::Utf8Bytes;
 use dynamowave_core::error::close_code;
 use dynamowave_core::ports::{CommitListener, RoomMembership};
-use dynamowave_core::protocol::{ChatMessage, ConnectionInfo, Identity, Member, Mode, PresenceEvent, ServerFrame};
+use dynamowave_core::protocol::{
+    ChatMessage, ConnectionInfo, Identity, Member, Mode, PresenceEvent, ServerFrame,
+};
 use dynamowave_core::types::rfc3339_ms;
 use dynamowave_core::{ConnectionId, RoomId, Seq, UserName};
 use tokio::sync::{Notify, mpsc};
@@ -91,10 +93,12 @@ impl ConnectionHandle {
 
     /// Queues a frame for this connection alone. False when the queue is full or closed.
     pub fn send_direct(&self, text: Utf8Bytes) -> Result<(), SendError> {
-        self.queue.try_send(Outgoing::Direct(text)).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => SendError::Full,
-            mpsc::error::TrySendError::Closed(_) => SendError::Gone,
-        })
+        self.queue
+            .try_send(Outgoing::Direct(text))
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => SendError::Full,
+                mpsc::error::TrySendError::Closed(_) => SendError::Gone,
+            })
     }
 
     /// Asks the connection's task to close the socket with this code; the first request wins.
@@ -110,7 +114,8 @@ impl ConnectionHandle {
     pub async fn closed(&self) -> (u16, String) {
         self.close.notified().await;
         let slot = self.close_reason.lock().unwrap_or_else(|e| e.into_inner());
-        slot.clone().unwrap_or((close_code::GOING_AWAY, String::new()))
+        slot.clone()
+            .unwrap_or((close_code::GOING_AWAY, String::new()))
     }
 
     fn deliver(&self, item: Outgoing) {
@@ -177,7 +182,9 @@ impl Hub {
 
 impl RoomMembership for Hub {
     fn join(&self, connection: &ConnectionId, room: &RoomId) {
-        let Some(handle) = self.connection(connection) else { return };
+        let Some(handle) = self.connection(connection) else {
+            return;
+        };
         let mut rooms = write(&self.rooms);
         let members = rooms.entry(room.clone()).or_default();
         if !members.iter().any(|m| m.id == *connection) {
@@ -200,15 +207,29 @@ impl RoomMembership for Hub {
             .get(room)
             .into_iter()
             .flatten()
-            .map(|m| Member { connection_id: m.id.clone(), user: m.user.clone() })
+            .map(|m| Member {
+                connection_id: m.id.clone(),
+                user: m.user.clone(),
+            })
             .collect()
     }
 
-    fn presence(&self, room: &RoomId, event: PresenceEvent, user: &UserName, connection: &ConnectionId) {
+    fn presence(
+        &self,
+        room: &RoomId,
+        event: PresenceEvent,
+        user: &UserName,
+        connection: &ConnectionId,
+    ) {
         let rooms = read(&self.rooms);
-        let Some(members) = rooms.get(room) else { return };
+        let Some(members) = rooms.get(room) else {
+            return;
+        };
         let mut text: Option<Utf8Bytes> = None;
-        for m in members.iter().filter(|m| m.mode == Mode::V1 && m.id != *connection) {
+        for m in members
+            .iter()
+            .filter(|m| m.mode == Mode::V1 && m.id != *connection)
+        {
             let text = text.get_or_insert_with(|| {
                 ServerFrame::Presence {
                     room: room.clone(),
@@ -228,7 +249,9 @@ impl CommitListener for Hub {
     fn committed(&self, messages: &[Arc<ChatMessage>]) {
         let rooms = read(&self.rooms);
         for message in messages {
-            let Some(members) = rooms.get(&message.room) else { continue };
+            let Some(members) = rooms.get(&message.room) else {
+                continue;
+            };
             let has = |mode| members.iter().any(|m| m.mode == mode);
             let delivery = Arc::new(Delivery {
                 room: message.room.clone(),

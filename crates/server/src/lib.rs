@@ -2,8 +2,9 @@
 //!
 //! # Layout
 //!
-//! - [`app`]: [`AppState`], [`router`] (every route in one place) and [`run`], which serves a
-//!   listener until a shutdown future resolves. `main` and the tests both call `run`.
+//! - [`app`]: [`AppState`], [`router`] (every route in one place), [`Server`] (open the store,
+//!   then serve a listener until a shutdown future resolves) and [`run`], both steps in one.
+//!   `main` and the tests both use them.
 //! - [`config`]: [`ServerConfig`] and its TOML form.
 //! - [`gateway`]: `GET /ws`: the upgrade (identity, mode, limits) and the connection task that
 //!   reads frames into the core's handlers and writes the outbound queue to the socket.
@@ -20,5 +21,5 @@ pub mod gateway;
 pub mod hub;
 pub mod store;
 
-pub use app::{AppState, ServerError, router, run};
+pub use app::{AppState, Server, ServerError, router, run};
 pub use config::ServerConfig;

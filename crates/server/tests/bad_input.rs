@@ -15,9 +15,14 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 async fn expect_error(c: &mut Client, frame: &str, code: &str, needle: &str) {
     c.send_raw(frame).await.unwrap();
     match c.next_within(WAIT).await.unwrap() {
-        ServerFrame::Error { code: got, message, .. } => {
+        ServerFrame::Error {
+            code: got, message, ..
+        } => {
             assert_eq!(got.as_str(), code, "{frame} -> {message}");
-            assert!(message.contains(needle), "{frame}: {message:?} lacks {needle:?}");
+            assert!(
+                message.contains(needle),
+                "{frame}: {message:?} lacks {needle:?}"
+            );
         }
         other => panic!("{frame}: expected an error, got {other:?}"),
     }
@@ -32,27 +37,107 @@ async fn each_bad_frame_gets_an_error_and_the_connection_survives() {
 
     let cases = [
         ("{not json", "bad_request", "frames must be JSON objects"),
-        ("\"just a string\"", "bad_request", "frames must be JSON objects"),
-        (r#"{"room":"ok","data":"x"}"#, "bad_request", "missing `action`"),
-        (r#"{"action":42}"#, "bad_request", "field `action` must be a string"),
-        (r#"{"action":"sendmessage","room":"ok"}"#, "bad_request", "needs a `data` string"),
-        (r#"{"action":"sendmessage","room":"ok","data":{"nested":1}}"#, "bad_request", "field `data` must be a string"),
-        (r#"{"action":"sendmessage","room":"ok","data":7}"#, "bad_request", "field `data` must be a string"),
-        (r#"{"action":"sendmessage","data":"x"}"#, "bad_request", "missing `room`"),
-        (r#"{"action":"sendmessage","room":["ok"],"data":"x"}"#, "bad_request", "field `room` must be a string"),
-        (r#"{"action":"sendmessage","room":"ok","data":"x","id":5}"#, "bad_request", "field `id` must be a string"),
-        (r#"{"action":"sendmessage","room":"ok","data":"x","id":""}"#, "bad_request", "`id` must be 1 to 128"),
-        (r#"{"action":"sendmessage","room":"no/slash","data":"x"}"#, "bad_request", "invalid room name"),
-        (r#"{"action":"join","room":""}"#, "bad_request", "invalid room name"),
+        (
+            "\"just a string\"",
+            "bad_request",
+            "frames must be JSON objects",
+        ),
+        (
+            r#"{"room":"ok","data":"x"}"#,
+            "bad_request",
+            "missing `action`",
+        ),
+        (
+            r#"{"action":42}"#,
+            "bad_request",
+            "field `action` must be a string",
+        ),
+        (
+            r#"{"action":"sendmessage","room":"ok"}"#,
+            "bad_request",
+            "needs a `data` string",
+        ),
+        (
+            r#"{"action":"sendmessage","room":"ok","data":{"nested":1}}"#,
+            "bad_request",
+            "field `data` must be a string",
+        ),
+        (
+            r#"{"action":"sendmessage","room":"ok","data":7}"#,
+            "bad_request",
+            "field `data` must be a string",
+        ),
+        (
+            r#"{"action":"sendmessage","data":"x"}"#,
+            "bad_request",
+            "missing `room`",
+        ),
+        (
+            r#"{"action":"sendmessage","room":["ok"],"data":"x"}"#,
+            "bad_request",
+            "field `room` must be a string",
+        ),
+        (
+            r#"{"action":"sendmessage","room":"ok","data":"x","id":5}"#,
+            "bad_request",
+            "field `id` must be a string",
+        ),
+        (
+            r#"{"action":"sendmessage","room":"ok","data":"x","id":""}"#,
+            "bad_request",
+            "`id` must be 1 to 128",
+        ),
+        (
+            r#"{"action":"sendmessage","room":"no/slash","data":"x"}"#,
+            "bad_request",
+            "invalid room name",
+        ),
+        (
+            r#"{"action":"join","room":""}"#,
+            "bad_request",
+            "invalid room name",
+        ),
         (r#"{"action":"join"}"#, "bad_request", "missing `room`"),
-        (r#"{"action":"join","room":"ok","after":"3"}"#, "bad_request", "field `after` must be a non-negative integer"),
-        (r#"{"action":"join","room":"ok","after":-3}"#, "bad_request", "field `after`"),
-        (r#"{"action":"history","room":"ok","limit":501}"#, "bad_request", "limit 501 is out of range"),
-        (r#"{"action":"history","room":"ok","before":2,"after":1}"#, "bad_request", "not both"),
-        (r#"{"action":"history","room":"never-made"}"#, "not_found", "does not exist"),
-        (r#"{"action":"members","room":"never-made"}"#, "not_found", "does not exist"),
-        (r#"{"action":"sendmessage","room":"elsewhere","data":"x"}"#, "not_joined", "join room elsewhere"),
-        (r#"{"action":"leave","room":"elsewhere"}"#, "not_joined", "not in room elsewhere"),
+        (
+            r#"{"action":"join","room":"ok","after":"3"}"#,
+            "bad_request",
+            "field `after` must be a non-negative integer",
+        ),
+        (
+            r#"{"action":"join","room":"ok","after":-3}"#,
+            "bad_request",
+            "field `after`",
+        ),
+        (
+            r#"{"action":"history","room":"ok","limit":501}"#,
+            "bad_request",
+            "limit 501 is out of range",
+        ),
+        (
+            r#"{"action":"history","room":"ok","before":2,"after":1}"#,
+            "bad_request",
+            "not both",
+        ),
+        (
+            r#"{"action":"history","room":"never-made"}"#,
+            "not_found",
+            "does not exist",
+        ),
+        (
+            r#"{"action":"members","room":"never-made"}"#,
+            "not_found",
+            "does not exist",
+        ),
+        (
+            r#"{"action":"sendmessage","room":"elsewhere","data":"x"}"#,
+            "not_joined",
+            "join room elsewhere",
+        ),
+        (
+            r#"{"action":"leave","room":"elsewhere"}"#,
+            "not_joined",
+            "not in room elsewhere",
+        ),
     ];
     let long_room = format!(r#"{{"action":"join","room":"{}"}}"#, "r".repeat(65));
     for (frame, code, needle) in cases {
@@ -71,7 +156,10 @@ async fn each_bad_frame_gets_an_error_and_the_connection_survives() {
     }
 
     // Still connected, still in the room, nothing stored by the bad frames.
-    let (ack, _) = c.send_and_ack("ok", "still here", "after-errors").await.unwrap();
+    let (ack, _) = c
+        .send_and_ack("ok", "still here", "after-errors")
+        .await
+        .unwrap();
     assert!(matches!(ack, ServerFrame::Ack { seq, .. } if seq.0 == 1));
     server.stop().await;
 }
@@ -80,7 +168,10 @@ async fn each_bad_frame_gets_an_error_and_the_connection_survives() {
 async fn a_frame_over_the_limit_closes_with_1009() {
     let server = TestServer::start().await;
     let mut c = server.v1("ann").await;
-    let big = format!(r#"{{"action":"sendmessage","room":"r","data":"{}"}}"#, "x".repeat(40 * 1024));
+    let big = format!(
+        r#"{{"action":"sendmessage","room":"r","data":"{}"}}"#,
+        "x".repeat(40 * 1024)
+    );
     c.send_raw(big).await.unwrap();
     match c.next_within(WAIT).await {
         Err(ClientError::Closed { code, reason }) => {
@@ -92,7 +183,10 @@ async fn a_frame_over_the_limit_closes_with_1009() {
     // The server is fine.
     let mut other = server.v1("bob").await;
     other.join("r", None).await.unwrap();
-    assert!(matches!(other.next_within(WAIT).await.unwrap(), ServerFrame::Joined { .. }));
+    assert!(matches!(
+        other.next_within(WAIT).await.unwrap(),
+        ServerFrame::Joined { .. }
+    ));
     server.stop().await;
 }
 
@@ -103,7 +197,14 @@ async fn a_message_over_the_limit_closes_with_1009_even_in_small_frames() {
     // 5 fragments of 30 KiB: each frame is under 32 KiB, the message is over 128 KiB.
     let chunk = vec![b'x'; 30 * 1024];
     let socket = c.socket_mut();
-    socket.send(Message::Frame(Frame::message(chunk.clone(), OpCode::Data(Data::Text), false))).await.unwrap();
+    socket
+        .send(Message::Frame(Frame::message(
+            chunk.clone(),
+            OpCode::Data(Data::Text),
+            false,
+        )))
+        .await
+        .unwrap();
     for i in 0..4 {
         let last = i == 3;
         let frame = Frame::message(chunk.clone(), OpCode::Data(Data::Continue), last);
@@ -123,7 +224,11 @@ async fn a_message_over_the_limit_closes_with_1009_even_in_small_frames() {
 
 #[tokio::test]
 async fn limits_are_configurable() {
-    let config = ServerConfig { max_frame_bytes: 2048, max_message_bytes: 4096, ..ServerConfig::default() };
+    let config = ServerConfig {
+        max_frame_bytes: 2048,
+        max_message_bytes: 4096,
+        ..ServerConfig::default()
+    };
     let server = TestServer::start_with(config).await;
     let mut c = server.v1("ann").await;
     match &c.connected {
@@ -132,10 +237,15 @@ async fn limits_are_configurable() {
     }
     c.join("r", None).await.unwrap();
     until(&mut c, |f| matches!(f, ServerFrame::Joined { .. })).await;
-    c.send_and_ack("r", &"y".repeat(1500), "fits").await.unwrap();
-    c.send_raw(format!(r#"{{"action":"sendmessage","room":"r","data":"{}"}}"#, "y".repeat(3000)))
+    c.send_and_ack("r", &"y".repeat(1500), "fits")
         .await
         .unwrap();
+    c.send_raw(format!(
+        r#"{{"action":"sendmessage","room":"r","data":"{}"}}"#,
+        "y".repeat(3000)
+    ))
+    .await
+    .unwrap();
     assert_eq!(closed(&mut c).await.0, 1009);
     server.stop().await;
 }
@@ -143,7 +253,10 @@ async fn limits_are_configurable() {
 #[tokio::test]
 async fn a_bad_name_is_refused_before_the_upgrade() {
     let server = TestServer::start().await;
-    let err = Client::connect(&server.ws_url("evil%07name")).await.err().expect("refused");
+    let err = Client::connect(&server.ws_url("evil%07name"))
+        .await
+        .err()
+        .expect("refused");
     match err {
         ClientError::WebSocket(tokio_tungstenite::tungstenite::Error::Http(response)) => {
             assert_eq!(response.status(), 400);

@@ -13,12 +13,21 @@ async fn sendmessage_reaches_every_compat_connection_with_either_key() {
     let mut alice = server.compat().await;
     let mut bob = server.compat().await;
 
-    alice.send_raw(r#"{"action":"sendmessage","data":"hello from alice"}"#).await.unwrap();
-    assert_eq!(alice.next_within(WAIT).await.unwrap(), "hello from alice", "the sender gets it too");
+    alice
+        .send_raw(r#"{"action":"sendmessage","data":"hello from alice"}"#)
+        .await
+        .unwrap();
+    assert_eq!(
+        alice.next_within(WAIT).await.unwrap(),
+        "hello from alice",
+        "the sender gets it too"
+    );
     assert_eq!(bob.next_within(WAIT).await.unwrap(), "hello from alice");
 
     // The AWS tutorial's key.
-    bob.send_raw(r#"{"action":"sendmessage","message":"hi from bob"}"#).await.unwrap();
+    bob.send_raw(r#"{"action":"sendmessage","message":"hi from bob"}"#)
+        .await
+        .unwrap();
     assert_eq!(alice.next_within(WAIT).await.unwrap(), "hi from bob");
     assert_eq!(bob.next_within(WAIT).await.unwrap(), "hi from bob");
 
@@ -32,7 +41,11 @@ async fn sendmessage_reaches_every_compat_connection_with_either_key() {
 async fn default_route_replies_like_the_original_handler() {
     let server = TestServer::start().await;
     let mut c = server.compat().await;
-    for frame in ["hello", r#"{"action":"whoami"}"#, r#"{"action":"join","room":"x"}"#] {
+    for frame in [
+        "hello",
+        r#"{"action":"whoami"}"#,
+        r#"{"action":"join","room":"x"}"#,
+    ] {
         c.send_raw(frame).await.unwrap();
         let reply = c.next_within(WAIT).await.unwrap();
         let info = reply
@@ -53,25 +66,45 @@ async fn compat_and_v1_share_the_default_room() {
     let mut compat = server.compat().await;
     let mut v1 = server.v1("vera").await;
     v1.join("general", None).await.unwrap();
-    assert!(matches!(v1.next_within(WAIT).await.unwrap(), ServerFrame::Joined { .. }));
+    assert!(matches!(
+        v1.next_within(WAIT).await.unwrap(),
+        ServerFrame::Joined { .. }
+    ));
 
     compat.send_message("from compat").await.unwrap();
     assert_eq!(compat.next_within(WAIT).await.unwrap(), "from compat");
     match v1.next_within(WAIT).await.unwrap() {
         ServerFrame::Message(m) => {
-            assert_eq!((m.room.as_str(), m.data.as_str(), m.seq.0), ("general", "from compat", 1));
-            assert!(m.user.as_str().starts_with("guest-"), "no ?name= gives a guest name");
+            assert_eq!(
+                (m.room.as_str(), m.data.as_str(), m.seq.0),
+                ("general", "from compat", 1)
+            );
+            assert!(
+                m.user.as_str().starts_with("guest-"),
+                "no ?name= gives a guest name"
+            );
         }
         other => panic!("expected a message, got {other:?}"),
     }
 
     let (ack, _) = v1.send_and_ack("general", "from v1", "v1-1").await.unwrap();
     assert!(matches!(ack, ServerFrame::Ack { seq, .. } if seq.0 == 2));
-    assert_eq!(compat.next_within(WAIT).await.unwrap(), "from v1", "compat clients get the raw text");
+    assert_eq!(
+        compat.next_within(WAIT).await.unwrap(),
+        "from v1",
+        "compat clients get the raw text"
+    );
 
     // A v1 message to another room does not reach compat clients.
     v1.join("elsewhere", None).await.unwrap();
-    v1.send_and_ack("elsewhere", "private", "v1-2").await.unwrap();
-    assert!(compat.next_within(Duration::from_millis(300)).await.is_err());
+    v1.send_and_ack("elsewhere", "private", "v1-2")
+        .await
+        .unwrap();
+    assert!(
+        compat
+            .next_within(Duration::from_millis(300))
+            .await
+            .is_err()
+    );
     server.stop().await;
 }

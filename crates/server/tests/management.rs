@@ -17,11 +17,21 @@ async fn post_get_delete_a_connection() {
     let id = c.connection_id().to_owned();
     let url = server.http(&format!("/@connections/{id}"));
 
-    let r = http.post(&url).body("a note from the backend").send().await.unwrap();
+    let r = http
+        .post(&url)
+        .body("a note from the backend")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     // The body arrives as one text frame, verbatim.
     assert_eq!(c.next_raw().await.unwrap(), "a note from the backend");
-    let r = http.post(&url).body(r#"{"type":"custom","n":1}"#).send().await.unwrap();
+    let r = http
+        .post(&url)
+        .body(r#"{"type":"custom","n":1}"#)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(c.next_raw().await.unwrap(), r#"{"type":"custom","n":1}"#);
 
@@ -61,8 +71,15 @@ async fn post_get_delete_a_connection() {
     assert_eq!(r.status(), StatusCode::GONE);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["code"], "gone");
-    assert_eq!(http.delete(&url).send().await.unwrap().status(), StatusCode::GONE);
-    let r = http.get(server.http("/@connections/no-such-id")).send().await.unwrap();
+    assert_eq!(
+        http.delete(&url).send().await.unwrap().status(),
+        StatusCode::GONE
+    );
+    let r = http
+        .get(server.http("/@connections/no-such-id"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::GONE);
     server.stop().await;
 }
@@ -77,37 +94,92 @@ async fn server_side_publish_uses_the_same_log_and_fan_out() {
     c.send_and_ack("news", "from a socket", "s1").await.unwrap();
 
     let url = server.http("/rooms/news/messages");
-    let r = http.post(&url).json(&json!({"data": "from the API", "id": "api-1"})).send().await.unwrap();
+    let r = http
+        .post(&url)
+        .json(&json!({"data": "from the API", "id": "api-1"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
     let body: Value = r.json().await.unwrap();
-    assert_eq!((body["seq"].as_u64(), body["duplicate"].as_bool()), (Some(2), Some(false)));
-    let (m, _) = until(&mut c, |f| matches!(f, ServerFrame::Message(m) if m.seq.0 == 2)).await;
-    let ServerFrame::Message(m) = m else { unreachable!() };
-    assert_eq!((m.user.as_str(), m.data.as_str()), ("server", "from the API"));
+    assert_eq!(
+        (body["seq"].as_u64(), body["duplicate"].as_bool()),
+        (Some(2), Some(false))
+    );
+    let (m, _) = until(
+        &mut c,
+        |f| matches!(f, ServerFrame::Message(m) if m.seq.0 == 2),
+    )
+    .await;
+    let ServerFrame::Message(m) = m else {
+        unreachable!()
+    };
+    assert_eq!(
+        (m.user.as_str(), m.data.as_str()),
+        ("server", "from the API")
+    );
 
     // Idempotent too.
-    let r = http.post(&url).json(&json!({"data": "again", "id": "api-1"})).send().await.unwrap();
+    let r = http
+        .post(&url)
+        .json(&json!({"data": "again", "id": "api-1"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     let body: Value = r.json().await.unwrap();
-    assert_eq!((body["seq"].as_u64(), body["duplicate"].as_bool()), (Some(2), Some(true)));
-    let r = http.post(&url).json(&json!({"data": "as bot", "user": "bot"})).send().await.unwrap();
+    assert_eq!(
+        (body["seq"].as_u64(), body["duplicate"].as_bool()),
+        (Some(2), Some(true))
+    );
+    let r = http
+        .post(&url)
+        .json(&json!({"data": "as bot", "user": "bot"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
 
-    let page: Value = http.get(format!("{url}?after=1&limit=1")).send().await.unwrap().json().await.unwrap();
+    let page: Value = http
+        .get(format!("{url}?after=1&limit=1"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(page["messages"].as_array().unwrap().len(), 1);
     assert_eq!(page["messages"][0]["seq"], 2);
     assert_eq!(page["more"], true);
-    let page: Value = http.get(format!("{url}?before=3")).send().await.unwrap().json().await.unwrap();
+    let page: Value = http
+        .get(format!("{url}?before=3"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(page["messages"].as_array().unwrap().len(), 2);
     assert_eq!(page["more"], false);
 
-    let members: Value =
-        http.get(server.http("/rooms/news/members")).send().await.unwrap().json().await.unwrap();
+    let members: Value = http
+        .get(server.http("/rooms/news/members"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(members["members"][0]["user"], "ann");
     assert_eq!(members["members"][0]["connectionId"], c.connection_id());
 
     // Posting creates a room.
-    let r = http.post(server.http("/rooms/fresh/messages")).json(&json!({"data": "first"})).send().await.unwrap();
+    let r = http
+        .post(server.http("/rooms/fresh/messages"))
+        .json(&json!({"data": "first"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
     server.stop().await;
 }
@@ -123,50 +195,80 @@ async fn room_endpoints_explain_bad_requests() {
         assert!(body["code"].is_string());
     };
     check(
-        http.get(server.http("/rooms/ghost/messages")).send().await.unwrap(),
+        http.get(server.http("/rooms/ghost/messages"))
+            .send()
+            .await
+            .unwrap(),
         StatusCode::NOT_FOUND,
         "does not exist",
     )
     .await;
     check(
-        http.get(server.http("/rooms/ghost/members")).send().await.unwrap(),
+        http.get(server.http("/rooms/ghost/members"))
+            .send()
+            .await
+            .unwrap(),
         StatusCode::NOT_FOUND,
         "does not exist",
     )
     .await;
     check(
-        http.get(server.http("/rooms/bad%20name/messages")).send().await.unwrap(),
+        http.get(server.http("/rooms/bad%20name/messages"))
+            .send()
+            .await
+            .unwrap(),
         StatusCode::BAD_REQUEST,
         "invalid room name",
     )
     .await;
-    http.post(server.http("/rooms/r/messages")).json(&json!({"data": "x"})).send().await.unwrap();
+    http.post(server.http("/rooms/r/messages"))
+        .json(&json!({"data": "x"}))
+        .send()
+        .await
+        .unwrap();
     check(
-        http.get(server.http("/rooms/r/messages?after=-1")).send().await.unwrap(),
+        http.get(server.http("/rooms/r/messages?after=-1"))
+            .send()
+            .await
+            .unwrap(),
         StatusCode::BAD_REQUEST,
         "`after` must be a non-negative integer",
     )
     .await;
     check(
-        http.get(server.http("/rooms/r/messages?after=1&before=2")).send().await.unwrap(),
+        http.get(server.http("/rooms/r/messages?after=1&before=2"))
+            .send()
+            .await
+            .unwrap(),
         StatusCode::BAD_REQUEST,
         "not both",
     )
     .await;
     check(
-        http.get(server.http("/rooms/r/messages?limit=100000")).send().await.unwrap(),
+        http.get(server.http("/rooms/r/messages?limit=100000"))
+            .send()
+            .await
+            .unwrap(),
         StatusCode::BAD_REQUEST,
         "limit",
     )
     .await;
     check(
-        http.post(server.http("/rooms/r/messages")).body("not json").send().await.unwrap(),
+        http.post(server.http("/rooms/r/messages"))
+            .body("not json")
+            .send()
+            .await
+            .unwrap(),
         StatusCode::BAD_REQUEST,
         "must be JSON",
     )
     .await;
     check(
-        http.post(server.http("/rooms/r/messages")).json(&json!({"data": 5})).send().await.unwrap(),
+        http.post(server.http("/rooms/r/messages"))
+            .json(&json!({"data": 5}))
+            .send()
+            .await
+            .unwrap(),
         StatusCode::BAD_REQUEST,
         "must be JSON",
     )
@@ -187,20 +289,52 @@ async fn room_endpoints_explain_bad_requests() {
 #[tokio::test]
 async fn an_admin_token_is_required_when_configured() {
     let token = "s3cret-admin-token-0123";
-    let server =
-        TestServer::start_with(ServerConfig { admin_token: Some(token.into()), ..ServerConfig::default() }).await;
+    let server = TestServer::start_with(ServerConfig {
+        admin_token: Some(token.into()),
+        ..ServerConfig::default()
+    })
+    .await;
     let http = reqwest::Client::new();
     let url = server.http("/rooms/r/messages");
-    let r = http.post(&url).json(&json!({"data": "x"})).send().await.unwrap();
+    let r = http
+        .post(&url)
+        .json(&json!({"data": "x"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     let body: Value = r.json().await.unwrap();
-    assert!(body["message"].as_str().unwrap().contains("Authorization: Bearer"));
-    let r = http.post(&url).bearer_auth("wrong-token-wrong-token").json(&json!({"data": "x"})).send().await.unwrap();
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("Authorization: Bearer")
+    );
+    let r = http
+        .post(&url)
+        .bearer_auth("wrong-token-wrong-token")
+        .json(&json!({"data": "x"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
-    let r = http.post(&url).bearer_auth(token).json(&json!({"data": "x"})).send().await.unwrap();
+    let r = http
+        .post(&url)
+        .bearer_auth(token)
+        .json(&json!({"data": "x"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
     // Health and the WebSocket endpoint need no admin token.
-    assert_eq!(http.get(server.http("/healthz")).send().await.unwrap().status(), StatusCode::OK);
+    assert_eq!(
+        http.get(server.http("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
     server.v1("ann").await;
     server.stop().await;
 }

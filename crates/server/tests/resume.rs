@@ -22,7 +22,10 @@ async fn reconnect_with_after_has_no_gap_and_no_duplicate() {
     // The writer sends TOTAL messages, each after the previous ack, as fast as it can.
     let sending = tokio::spawn(async move {
         for i in 1..=TOTAL {
-            writer.send_and_ack("live", &format!("m{i}"), &format!("w{i}")).await.unwrap();
+            writer
+                .send_and_ack("live", &format!("m{i}"), &format!("w{i}"))
+                .await
+                .unwrap();
             if i % 50 == 0 {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
@@ -63,7 +66,11 @@ async fn reconnect_with_after_has_no_gap_and_no_duplicate() {
     sending.await.unwrap();
 
     assert!(joins >= 4, "the reader reconnected several times ({joins})");
-    assert_eq!(seen, (1..=TOTAL).collect::<Vec<_>>(), "every message once, in order");
+    assert_eq!(
+        seen,
+        (1..=TOTAL).collect::<Vec<_>>(),
+        "every message once, in order"
+    );
     server.stop().await;
 }
 
@@ -73,11 +80,16 @@ async fn joined_reports_the_head_and_replay_stops_there() {
     let mut writer = server.v1("w").await;
     writer.join("r", None).await.unwrap();
     for i in 1..=7 {
-        writer.send_and_ack("r", &format!("m{i}"), &i.to_string()).await.unwrap();
+        writer
+            .send_and_ack("r", &format!("m{i}"), &i.to_string())
+            .await
+            .unwrap();
     }
     let mut late = server.v1("late").await;
     late.join("r", Some(4)).await.unwrap();
-    assert!(matches!(late.next_within(WAIT).await.unwrap(), ServerFrame::Joined { seq, .. } if seq.0 == 7));
+    assert!(
+        matches!(late.next_within(WAIT).await.unwrap(), ServerFrame::Joined { seq, .. } if seq.0 == 7)
+    );
     for expected in 5..=7 {
         match late.next_within(WAIT).await.unwrap() {
             ServerFrame::Message(m) => assert_eq!(m.seq.0, expected),
@@ -92,7 +104,12 @@ async fn joined_reports_the_head_and_replay_stops_there() {
     // A join without `after` replays nothing.
     let mut fresh = server.v1("fresh").await;
     fresh.join("r", None).await.unwrap();
-    assert!(matches!(fresh.next_within(WAIT).await.unwrap(), ServerFrame::Joined { seq, .. } if seq.0 == 8));
-    assert!(fresh.next_within(Duration::from_millis(200)).await.is_err(), "nothing old is sent");
+    assert!(
+        matches!(fresh.next_within(WAIT).await.unwrap(), ServerFrame::Joined { seq, .. } if seq.0 == 8)
+    );
+    assert!(
+        fresh.next_within(Duration::from_millis(200)).await.is_err(),
+        "nothing old is sent"
+    );
     server.stop().await;
 }

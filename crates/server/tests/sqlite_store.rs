@@ -48,7 +48,10 @@ async fn reopening_keeps_messages_seqs_and_idempotency() {
     {
         let store = SqliteStore::open(dir.path(), Arc::new(NoListener)).unwrap();
         for i in 1..=3 {
-            store.append(new_message("r", &i.to_string(), &format!("m{i}"))).await.unwrap();
+            store
+                .append(new_message("r", &i.to_string(), &format!("m{i}")))
+                .await
+                .unwrap();
         }
         store.shutdown().await;
     }
@@ -59,10 +62,27 @@ async fn reopening_keeps_messages_seqs_and_idempotency() {
     let dup = store.append(new_message("r", "2", "again")).await.unwrap();
     assert!(dup.duplicate && dup.message.seq == Seq(2) && dup.message.data == "m2");
     let next = store.append(new_message("r", "4", "m4")).await.unwrap();
-    assert_eq!(next.message.seq, Seq(4), "seqs continue after a restart, never reused");
-    let page = store.read(&r, HistoryQuery::Latest { limit: 10 }).await.unwrap();
-    assert_eq!(page.messages.iter().map(|m| m.data.as_str()).collect::<Vec<_>>(), ["m1", "m2", "m3", "m4"]);
-    assert_eq!(listener.seen().len(), 1, "only the new commit was announced");
+    assert_eq!(
+        next.message.seq,
+        Seq(4),
+        "seqs continue after a restart, never reused"
+    );
+    let page = store
+        .read(&r, HistoryQuery::Latest { limit: 10 })
+        .await
+        .unwrap();
+    assert_eq!(
+        page.messages
+            .iter()
+            .map(|m| m.data.as_str())
+            .collect::<Vec<_>>(),
+        ["m1", "m2", "m3", "m4"]
+    );
+    assert_eq!(
+        listener.seen().len(),
+        1,
+        "only the new commit was announced"
+    );
 }
 
 #[tokio::test]
@@ -70,7 +90,10 @@ async fn a_data_dir_serves_one_process_at_a_time() {
     let dir = tempfile::tempdir().unwrap();
     let first = SqliteStore::open(dir.path(), Arc::new(NoListener)).unwrap();
     match SqliteStore::open(dir.path(), Arc::new(NoListener)) {
-        Err(e @ OpenError::Locked(_)) => assert!(e.to_string().contains("in use by another dynamowave process")),
+        Err(e @ OpenError::Locked(_)) => assert!(
+            e.to_string()
+                .contains("in use by another dynamowave process")
+        ),
         Err(e) => panic!("unexpected error {e}"),
         Ok(_) => panic!("a second store opened the same directory"),
     }
@@ -84,7 +107,10 @@ async fn writes_after_shutdown_fail_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(dir.path(), Arc::new(NoListener)).unwrap();
     store.shutdown().await;
-    let err = store.append(new_message("r", "1", "late")).await.unwrap_err();
+    let err = store
+        .append(new_message("r", "1", "late"))
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("shut down"), "{err}");
 }
 
@@ -93,6 +119,8 @@ fn the_database_file_is_in_wal_mode() {
     let dir = tempfile::tempdir().unwrap();
     let _store = SqliteStore::open(dir.path(), Arc::new(NoListener)).unwrap();
     let conn = rusqlite::Connection::open(dir.path().join("dynamowave.sqlite3")).unwrap();
-    let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(mode, "wal");
 }

@@ -1,6 +1,9 @@
 //! Test helper: the real `dynamowave` binary as a child process, killed on drop.
 
-#![allow(dead_code, reason = "each test file uses a different part of the helper")]
+#![allow(
+    dead_code,
+    reason = "each test file uses a different part of the helper"
+)]
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -56,14 +59,20 @@ impl ServerProcess {
 
     /// SIGTERM, then waits for the exit.
     pub fn terminate(mut self, within: Duration) -> ExitStatus {
-        let ok = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        let ok = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
         assert!(ok.success());
         let deadline = Instant::now() + within;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
-            assert!(Instant::now() < deadline, "the server did not exit within {within:?}");
+            assert!(
+                Instant::now() < deadline,
+                "the server did not exit within {within:?}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -83,5 +92,6 @@ pub fn connection_rows(data_dir: &Path) -> i64 {
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
     )
     .unwrap();
-    conn.query_row("SELECT count(*) FROM connections", [], |r| r.get(0)).unwrap()
+    conn.query_row("SELECT count(*) FROM connections", [], |r| r.get(0))
+        .unwrap()
 }

@@ -8,7 +8,11 @@ use crate::ports::Outbox;
 use crate::protocol::{Mode, SUBPROTOCOL_V1, ServerFrame};
 use crate::types::RoomId;
 
-pub async fn handle(session: &mut Session, services: &Services, out: &mut dyn Outbox) -> Result<(), HandlerError> {
+pub async fn handle(
+    session: &mut Session,
+    services: &Services,
+    out: &mut dyn Outbox,
+) -> Result<(), HandlerError> {
     services.connections.insert(&session.record()).await?;
     match session.mode {
         Mode::Compat => {

@@ -16,7 +16,11 @@ pub async fn handle(
         return Err(unknown_room(&room).into());
     }
     let page = services.log.read(&room, query).await?;
-    let frame = ServerFrame::History { room, messages: page.messages, more: page.more };
+    let frame = ServerFrame::History {
+        room,
+        messages: page.messages,
+        more: page.more,
+    };
     out.send_text(frame.to_json()).await?;
     Ok(())
 }

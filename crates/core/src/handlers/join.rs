@@ -20,8 +20,14 @@ pub async fn handle(
 ) -> Result<(), HandlerError> {
     let already_member = session.is_member(&room);
     let head = enter(session, services, &room).await?;
-    out.send_text(ServerFrame::Joined { room: room.clone(), seq: head }.to_json())
-        .await?;
+    out.send_text(
+        ServerFrame::Joined {
+            room: room.clone(),
+            seq: head,
+        }
+        .to_json(),
+    )
+    .await?;
     if let Some(after) = after {
         replay(services, out, &room, after, head).await?;
         // The replay covered everything up to head; live frames up to it are duplicates.
@@ -37,7 +43,11 @@ pub async fn handle(
 
 /// Makes the connection a member of `room` and returns the room's head at that moment. Without a
 /// replay, delivery starts after the head (or where it was, for a connection already in).
-pub(crate) async fn enter(session: &mut Session, services: &Services, room: &RoomId) -> Result<Seq, StoreError> {
+pub(crate) async fn enter(
+    session: &mut Session,
+    services: &Services,
+    room: &RoomId,
+) -> Result<Seq, StoreError> {
     if services.log.head(room).await?.is_none() {
         services.log.create_room(room).await?;
     }
@@ -77,9 +87,17 @@ async fn replay(
     while cursor < head {
         let page = services
             .log
-            .read(room, HistoryQuery::After { seq: cursor, limit: MAX_HISTORY_LIMIT })
+            .read(
+                room,
+                HistoryQuery::After {
+                    seq: cursor,
+                    limit: MAX_HISTORY_LIMIT,
+                },
+            )
             .await?;
-        let Some(last) = page.messages.last() else { break };
+        let Some(last) = page.messages.last() else {
+            break;
+        };
         cursor = last.seq;
         for m in page.messages.into_iter().take_while(|m| m.seq <= head) {
             out.send_text(ServerFrame::Message(m).to_json()).await?;

@@ -13,13 +13,18 @@ pub async fn handle(
     room: RoomId,
 ) -> Result<(), HandlerError> {
     if !session.remove_room(&room) {
-        return Err(ChatError::new(ErrorCode::NotJoined, format!("you are not in room {room}")).into());
+        return Err(
+            ChatError::new(ErrorCode::NotJoined, format!("you are not in room {room}")).into(),
+        );
     }
     services.rooms.leave(&session.id, &room);
     services
         .rooms
         .presence(&room, PresenceEvent::Left, &session.user, &session.id);
-    services.connections.remove_membership(&session.id, &room).await?;
+    services
+        .connections
+        .remove_membership(&session.id, &room)
+        .await?;
     out.send_text(ServerFrame::Left { room }.to_json()).await?;
     Ok(())
 }

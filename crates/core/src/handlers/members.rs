@@ -6,11 +6,16 @@ use crate::ports::Outbox;
 use crate::protocol::ServerFrame;
 use crate::types::RoomId;
 
-pub async fn handle(services: &Services, out: &mut dyn Outbox, room: RoomId) -> Result<(), HandlerError> {
+pub async fn handle(
+    services: &Services,
+    out: &mut dyn Outbox,
+    room: RoomId,
+) -> Result<(), HandlerError> {
     if services.log.head(&room).await?.is_none() {
         return Err(unknown_room(&room).into());
     }
     let members = services.rooms.members(&room);
-    out.send_text(ServerFrame::Members { room, members }.to_json()).await?;
+    out.send_text(ServerFrame::Members { room, members }.to_json())
+        .await?;
     Ok(())
 }

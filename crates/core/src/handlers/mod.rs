@@ -17,8 +17,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::ChatError;
-use crate::ports::{ConnectionRecord, ConnectionStore, Disconnected, MessageLog, Outbox, RoomMembership};
-use crate::protocol::{ClientFrame, ConnectionInfo, DecodeError, Identity, Limits, Mode, ServerFrame};
+use crate::ports::{
+    ConnectionRecord, ConnectionStore, Disconnected, MessageLog, Outbox, RoomMembership,
+};
+use crate::protocol::{
+    ClientFrame, ConnectionInfo, DecodeError, Identity, Limits, Mode, ServerFrame,
+};
 use crate::types::{ConnectionId, RoomId, Seq, UserName, now_ms, rfc3339_ms};
 
 /// The ports and settings every handler uses; one per server, shared by all connections.
@@ -169,9 +173,15 @@ pub async fn dispatch(
         (_, ClientFrame::SendMessage { room, data, id }) => {
             sendmessage::handle(session, services, out, room, data, id).await
         }
-        (Mode::V1, ClientFrame::Join { room, after }) => join::handle(session, services, out, room, after).await,
-        (Mode::V1, ClientFrame::Leave { room }) => leave::handle(session, services, out, room).await,
-        (Mode::V1, ClientFrame::History { room, query }) => history::handle(services, out, room, query).await,
+        (Mode::V1, ClientFrame::Join { room, after }) => {
+            join::handle(session, services, out, room, after).await
+        }
+        (Mode::V1, ClientFrame::Leave { room }) => {
+            leave::handle(session, services, out, room).await
+        }
+        (Mode::V1, ClientFrame::History { room, query }) => {
+            history::handle(services, out, room, query).await
+        }
         (Mode::V1, ClientFrame::Members { room }) => members::handle(services, out, room).await,
         // Compat mode knows only sendmessage, like the AWS sample: the rest is $default.
         _ => default::handle(session, out).await,
@@ -193,7 +203,11 @@ async fn finish(
 
 /// Writes an `error` frame. Compat clients get the same JSON: they have no other way to learn
 /// what went wrong, and the text makes sense to a person reading wscat.
-pub async fn send_error(out: &mut dyn Outbox, id: Option<&str>, e: &ChatError) -> Result<(), Disconnected> {
+pub async fn send_error(
+    out: &mut dyn Outbox,
+    id: Option<&str>,
+    e: &ChatError,
+) -> Result<(), Disconnected> {
     out.send_text(ServerFrame::error(id, e).to_json()).await
 }
 

@@ -31,7 +31,9 @@ pub async fn handle(
     if !session.is_member(&room) {
         return Err(ChatError::new(
             ErrorCode::NotJoined,
-            format!("join room {room} before sending to it: {{\"action\":\"join\",\"room\":\"{room}\"}}"),
+            format!(
+                "join room {room} before sending to it: {{\"action\":\"join\",\"room\":\"{room}\"}}"
+            ),
         )
         .into());
     }

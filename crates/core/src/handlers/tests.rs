@@ -32,7 +32,10 @@ impl RoomMembership for Rooms {
         map.get(r)
             .into_iter()
             .flatten()
-            .map(|c| Member { connection_id: c.clone(), user: UserName::parse("u").unwrap() })
+            .map(|c| Member {
+                connection_id: c.clone(),
+                user: UserName::parse("u").unwrap(),
+            })
             .collect()
     }
     fn presence(&self, _: &RoomId, _: PresenceEvent, _: &UserName, _: &ConnectionId) {}
@@ -44,7 +47,8 @@ struct Frames(Vec<serde_json::Value>);
 #[async_trait]
 impl Outbox for Frames {
     async fn send_text(&mut self, text: String) -> Result<(), Disconnected> {
-        self.0.push(serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)));
+        self.0
+            .push(serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)));
         Ok(())
     }
 }
@@ -54,7 +58,10 @@ fn services() -> Services {
         log: Arc::new(MemoryLog::new(Arc::new(NoListener))),
         connections: Arc::new(MemoryConnections::default()),
         rooms: Arc::new(Rooms::default()),
-        limits: Limits { max_frame_bytes: 1024, max_message_bytes: 4096 },
+        limits: Limits {
+            max_frame_bytes: 1024,
+            max_message_bytes: 4096,
+        },
     }
 }
 
@@ -63,7 +70,10 @@ fn session(mode: Mode) -> Session {
         ConnectionId::generate(),
         UserName::parse("ann").unwrap(),
         mode,
-        Identity { source_ip: "127.0.0.1".into(), user_agent: "test".into() },
+        Identity {
+            source_ip: "127.0.0.1".into(),
+            user_agent: "test".into(),
+        },
     )
 }
 
@@ -77,16 +87,37 @@ async fn run(s: &mut Session, svc: &Services, text: &str) -> Vec<serde_json::Val
 async fn v1_send_requires_join_then_acks() {
     let svc = services();
     let mut s = session(Mode::V1);
-    let f = run(&mut s, &svc, r#"{"action":"sendmessage","room":"r","data":"x","id":"1"}"#).await;
+    let f = run(
+        &mut s,
+        &svc,
+        r#"{"action":"sendmessage","room":"r","data":"x","id":"1"}"#,
+    )
+    .await;
     assert_eq!(f[0]["code"], "not_joined");
     assert_eq!(f[0]["id"], "1", "errors echo the request id");
     let f = run(&mut s, &svc, r#"{"action":"join","room":"r"}"#).await;
     assert_eq!(f[0]["type"], "joined");
     assert_eq!(f[0]["seq"], 0);
-    let f = run(&mut s, &svc, r#"{"action":"sendmessage","room":"r","data":"x","id":"1"}"#).await;
-    assert_eq!((&f[0]["type"], &f[0]["seq"], &f[0]["duplicate"]), (&"ack".into(), &1.into(), &false.into()));
-    let f = run(&mut s, &svc, r#"{"action":"sendmessage","room":"r","data":"x","id":"1"}"#).await;
-    assert_eq!((&f[0]["seq"], &f[0]["duplicate"]), (&1.into(), &true.into()));
+    let f = run(
+        &mut s,
+        &svc,
+        r#"{"action":"sendmessage","room":"r","data":"x","id":"1"}"#,
+    )
+    .await;
+    assert_eq!(
+        (&f[0]["type"], &f[0]["seq"], &f[0]["duplicate"]),
+        (&"ack".into(), &1.into(), &false.into())
+    );
+    let f = run(
+        &mut s,
+        &svc,
+        r#"{"action":"sendmessage","room":"r","data":"x","id":"1"}"#,
+    )
+    .await;
+    assert_eq!(
+        (&f[0]["seq"], &f[0]["duplicate"]),
+        (&1.into(), &true.into())
+    );
 }
 
 #[tokio::test]
@@ -95,7 +126,12 @@ async fn join_after_replays_then_filters_live_duplicates() {
     let mut s = session(Mode::V1);
     run(&mut s, &svc, r#"{"action":"join","room":"r"}"#).await;
     for i in 0..5 {
-        run(&mut s, &svc, &format!(r#"{{"action":"sendmessage","room":"r","data":"m{i}"}}"#)).await;
+        run(
+            &mut s,
+            &svc,
+            &format!(r#"{{"action":"sendmessage","room":"r","data":"m{i}"}}"#),
+        )
+        .await;
     }
     let mut late = session(Mode::V1);
     let f = run(&mut late, &svc, r#"{"action":"join","room":"r","after":2}"#).await;
@@ -106,7 +142,10 @@ async fn join_after_replays_then_filters_live_duplicates() {
     let r = RoomId::parse("r").unwrap();
     assert!(!late.accept_live(&r, Seq(5)), "already replayed");
     assert!(late.accept_live(&r, Seq(6)));
-    assert!(!late.accept_live(&RoomId::parse("other").unwrap(), Seq(1)), "not a member");
+    assert!(
+        !late.accept_live(&RoomId::parse("other").unwrap(), Seq(1)),
+        "not a member"
+    );
 }
 
 #[tokio::test]
@@ -116,10 +155,17 @@ async fn compat_routes_everything_else_to_default() {
     let mut out = Frames::default();
     connect::handle(&mut s, &svc, &mut out).await.unwrap();
     assert!(out.0.is_empty(), "compat clients get no greeting");
-    for text in ["not json", r#"{"action":"join","room":"x"}"#, r#"{"action":"nope"}"#] {
+    for text in [
+        "not json",
+        r#"{"action":"join","room":"x"}"#,
+        r#"{"action":"nope"}"#,
+    ] {
         let f = run(&mut s, &svc, text).await;
         let reply = f[0].as_str().unwrap();
-        assert!(reply.starts_with("Use the sendmessage route to send a message. Your info:{"), "{reply}");
+        assert!(
+            reply.starts_with("Use the sendmessage route to send a message. Your info:{"),
+            "{reply}"
+        );
     }
     let f = run(&mut s, &svc, r#"{"action":"sendmessage","data":7}"#).await;
     assert_eq!(f[0]["code"], "bad_request");

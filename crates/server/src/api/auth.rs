@@ -26,8 +26,14 @@ pub async fn require_admin(
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.strip_prefix("Bearer "));
             match given {
-                Some(given) if constant_time_eq(given.as_bytes(), token.as_bytes()) => next.run(request).await,
-                Some(_) => ApiError(ChatError::new(ErrorCode::Unauthorized, "the admin token is wrong")).into_response(),
+                Some(given) if constant_time_eq(given.as_bytes(), token.as_bytes()) => {
+                    next.run(request).await
+                }
+                Some(_) => ApiError(ChatError::new(
+                    ErrorCode::Unauthorized,
+                    "the admin token is wrong",
+                ))
+                .into_response(),
                 None => ApiError(ChatError::new(
                     ErrorCode::Unauthorized,
                     "send Authorization: Bearer <admin token> (the server's --admin-token)",

@@ -18,17 +18,27 @@ use crate::app::AppState;
 use crate::hub::{ConnectionHandle, SendError};
 
 fn find(state: &AppState, id: &str) -> Result<Arc<ConnectionHandle>, ApiError> {
-    let gone = || ApiError(ChatError::new(ErrorCode::Gone, format!("connection {id} is not connected")));
+    let gone = || {
+        ApiError(ChatError::new(
+            ErrorCode::Gone,
+            format!("connection {id} is not connected"),
+        ))
+    };
     let id = ConnectionId::parse(id).map_err(|_| gone())?;
     state.hub.connection(&id).ok_or_else(gone)
 }
 
 /// `POST /@connections/{id}`: the body, as one text frame.
-pub async fn post(State(state): State<AppState>, Path(id): Path<String>, body: Body) -> Result<Response, ApiError> {
+pub async fn post(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Body,
+) -> Result<Response, ApiError> {
     let handle = find(&state, &id)?;
     let bytes = read_body(body, state.config.max_message_bytes).await?;
-    let text = String::from_utf8(bytes.to_vec())
-        .map_err(|_| ChatError::bad_request("the body must be UTF-8 text; it is sent as one text frame"))?;
+    let text = String::from_utf8(bytes.to_vec()).map_err(|_| {
+        ChatError::bad_request("the body must be UTF-8 text; it is sent as one text frame")
+    })?;
     match handle.send_direct(text.into()) {
         Ok(()) => Ok(StatusCode::OK.into_response()),
         Err(SendError::Gone) => Err(find(&state, "").map(|_| ()).unwrap_err()),
@@ -43,7 +53,10 @@ pub async fn post(State(state): State<AppState>, Path(id): Path<String>, body: B
 }
 
 /// `GET /@connections/{id}`.
-pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+pub async fn get(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     let h = find(&state, &id)?;
     Ok(Json(json!({
         "connectionId": h.id,
@@ -57,7 +70,10 @@ pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> Resul
 }
 
 /// `DELETE /@connections/{id}`: closes the socket with 1000.
-pub async fn delete(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+pub async fn delete(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     find(&state, &id)?.close(1000, "closed by the management API");
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -19,9 +19,14 @@ pub fn routes(state: AppState) -> Router<AppState> {
     Router::new()
         .route(
             "/@connections/{id}",
-            post(connections::post).get(connections::get).delete(connections::delete),
+            post(connections::post)
+                .get(connections::get)
+                .delete(connections::delete),
         )
-        .route("/rooms/{room}/messages", post(rooms::post_message).get(rooms::list_messages))
+        .route(
+            "/rooms/{room}/messages",
+            post(rooms::post_message).get(rooms::list_messages),
+        )
         .route("/rooms/{room}/members", get(rooms::members))
         .route_layer(middleware::from_fn_with_state(state, auth::require_admin))
 }
@@ -45,7 +50,8 @@ impl From<dynamowave_core::ports::StoreError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.0.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status = StatusCode::from_u16(self.0.code.http_status())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut body = serde_json::json!({ "code": self.0.code, "message": self.0.message });
         if let Some(ms) = self.0.retry_after_ms {
             body["retryAfterMs"] = ms.into();
@@ -55,7 +61,10 @@ impl IntoResponse for ApiError {
 }
 
 /// Reads a request body up to `limit` bytes, answering 413 with the limit when it is larger.
-pub async fn read_body(body: axum::body::Body, limit: usize) -> Result<axum::body::Bytes, ApiError> {
+pub async fn read_body(
+    body: axum::body::Body,
+    limit: usize,
+) -> Result<axum::body::Bytes, ApiError> {
     axum::body::to_bytes(body, limit).await.map_err(|_| {
         ApiError(ChatError::too_large(format!(
             "the body is larger than {limit} bytes (max-message-bytes)"

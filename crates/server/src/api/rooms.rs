@@ -8,8 +8,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use dynamowave_core::ports::NewMessage;
 use dynamowave_core::protocol::HistoryQuery;
-use dynamowave_core::types::random_token;
 use dynamowave_core::types::MAX_MESSAGE_ID_LEN;
+use dynamowave_core::types::random_token;
 use dynamowave_core::{ChatError, RoomId, UserName};
 use serde::Deserialize;
 use serde_json::json;
@@ -41,16 +41,28 @@ pub async fn post_message(
     if let Some(id) = &req.id
         && (id.is_empty() || id.len() > MAX_MESSAGE_ID_LEN)
     {
-        return Err(ChatError::bad_request(format!("`id` must be 1 to {MAX_MESSAGE_ID_LEN} characters")).into());
+        return Err(ChatError::bad_request(format!(
+            "`id` must be 1 to {MAX_MESSAGE_ID_LEN} characters"
+        ))
+        .into());
     }
     let user = UserName::parse(req.user.as_deref().unwrap_or("server"))?;
     let appended = state
         .services
         .log
-        .append(NewMessage { room, id: req.id.unwrap_or_else(|| random_token(16)), user, data: req.data })
+        .append(NewMessage {
+            room,
+            id: req.id.unwrap_or_else(|| random_token(16)),
+            user,
+            data: req.data,
+        })
         .await?;
     let m = &appended.message;
-    let status = if appended.duplicate { StatusCode::OK } else { StatusCode::CREATED };
+    let status = if appended.duplicate {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
     let body = json!({ "room": m.room, "seq": m.seq, "id": m.id, "ts": m.ts, "duplicate": appended.duplicate });
     Ok((status, Json(body)).into_response())
 }
@@ -66,8 +78,11 @@ pub struct HistoryParams {
 fn number(name: &str, value: Option<&str>) -> Result<Option<u64>, ChatError> {
     value
         .map(|v| {
-            v.parse::<u64>()
-                .map_err(|_| ChatError::bad_request(format!("`{name}` must be a non-negative integer, got {v:?}")))
+            v.parse::<u64>().map_err(|_| {
+                ChatError::bad_request(format!(
+                    "`{name}` must be a non-negative integer, got {v:?}"
+                ))
+            })
         })
         .transpose()
 }
@@ -91,7 +106,10 @@ pub async fn list_messages(
     Ok(Json(json!({ "room": room, "messages": page.messages, "more": page.more })).into_response())
 }
 
-pub async fn members(State(state): State<AppState>, Path(room): Path<String>) -> Result<Response, ApiError> {
+pub async fn members(
+    State(state): State<AppState>,
+    Path(room): Path<String>,
+) -> Result<Response, ApiError> {
     let room = RoomId::parse(&room)?;
     if state.services.log.head(&room).await?.is_none() {
         return Err(ChatError::not_found(format!("room {room} does not exist")).into());

@@ -22,7 +22,9 @@ use dynamowave_core::ports::{
 use dynamowave_core::protocol::{ChatMessage, HistoryQuery, Mode, Page};
 use dynamowave_core::types::now_ms;
 use dynamowave_core::{ConnectionId, RoomId, Seq, UserName};
-use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior, params};
+use rusqlite::{
+    Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior, params,
+};
 use tokio::sync::{mpsc, oneshot};
 
 /// Most commands applied in one transaction.
@@ -92,7 +94,8 @@ impl SqliteStore {
         fs::create_dir_all(dir).map_err(|e| OpenError::Io(dir.to_owned(), e))?;
         let lock_path = dir.join("LOCK");
         let lock = File::create(&lock_path).map_err(|e| OpenError::Io(lock_path.clone(), e))?;
-        lock.try_lock().map_err(|_| OpenError::Locked(dir.to_owned()))?;
+        lock.try_lock()
+            .map_err(|_| OpenError::Locked(dir.to_owned()))?;
 
         let path = dir.join("dynamowave.sqlite3");
         let conn = open_writer(&path).map_err(|e| OpenError::Sqlite(path.clone(), e))?;
@@ -100,11 +103,21 @@ impl SqliteStore {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let writer_thread = thread::Builder::new()
             .name("dynamowave-sqlite-writer".into())
-            .spawn(move || Writer { conn, heads: HashMap::new(), listener }.run(rx))
+            .spawn(move || {
+                Writer {
+                    conn,
+                    heads: HashMap::new(),
+                    listener,
+                }
+                .run(rx)
+            })
             .map_err(|e| OpenError::Io(path.clone(), e))?;
         Ok(SqliteStore {
             writer: tx,
-            readers: Arc::new(ReaderPool { path, idle: Mutex::new(Vec::new()) }),
+            readers: Arc::new(ReaderPool {
+                path,
+                idle: Mutex::new(Vec::new()),
+            }),
             writer_thread: Mutex::new(Some(writer_thread)),
             _lock: lock,
         })
@@ -117,7 +130,11 @@ impl SqliteStore {
         if self.writer.send(Command::Shutdown(done)).await.is_ok() {
             let _ = wait.await;
         }
-        let handle = self.writer_thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let handle = self
+            .writer_thread
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         if let Some(handle) = handle {
             let _ = tokio::task::spawn_blocking(move || handle.join()).await;
         }
@@ -125,7 +142,10 @@ impl SqliteStore {
 
     async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, StoreError> {
         let (reply, answer) = oneshot::channel();
-        self.writer.send(make(reply)).await.map_err(|_| StoreError::Closed)?;
+        self.writer
+            .send(make(reply))
+            .await
+            .map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -144,7 +164,11 @@ impl Drop for SqliteStore {
     fn drop(&mut self) {
         // Without an explicit shutdown, closing the queue still lets the writer finish what is
         // queued and commit before it exits.
-        let handle = self.writer_thread.get_mut().unwrap_or_else(|e| e.into_inner()).take();
+        let handle = self
+            .writer_thread
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         if let Some(handle) = handle {
             let (tx, _) = mpsc::channel(1);
             drop(std::mem::replace(&mut self.writer, tx));
@@ -158,7 +182,9 @@ impl Drop for SqliteStore {
 pub enum OpenError {
     #[error("cannot use {0}: {1}")]
     Io(PathBuf, std::io::Error),
-    #[error("the data directory {0} is in use by another dynamowave process; stop it or choose another --data-dir")]
+    #[error(
+        "the data directory {0} is in use by another dynamowave process; stop it or choose another --data-dir"
+    )]
     Locked(PathBuf),
     #[error("cannot open the SQLite database {0}: {1}")]
     Sqlite(PathBuf, rusqlite::Error),
@@ -247,7 +273,10 @@ impl Writer {
         let mut touched: HashMap<RoomId, u64> = HashMap::new();
         let mut stop = None;
 
-        let tx = match self.conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+        let tx = match self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+        {
             Ok(tx) => tx,
             Err(e) => {
                 let err = e.to_string();
@@ -299,8 +328,13 @@ impl Writer {
                 }
                 Command::RemoveConnection(id, reply) => {
                     let result = tx
-                        .execute("DELETE FROM memberships WHERE connection_id = ?1", [id.as_str()])
-                        .and_then(|_| tx.execute("DELETE FROM connections WHERE id = ?1", [id.as_str()]))
+                        .execute(
+                            "DELETE FROM memberships WHERE connection_id = ?1",
+                            [id.as_str()],
+                        )
+                        .and_then(|_| {
+                            tx.execute("DELETE FROM connections WHERE id = ?1", [id.as_str()])
+                        })
                         .map(drop)
                         .map_err(backend);
                     pending.push(Pending::Unit(reply, result));
@@ -366,10 +400,26 @@ impl Pending {
     fn answer(self, batch_error: Option<&str>) {
         let fail = || StoreError::Backend(batch_error.unwrap_or_default().to_owned());
         match self {
-            Pending::Append(r, res) => drop(r.send(if batch_error.is_some() { Err(fail()) } else { res })),
-            Pending::Seq(r, res) => drop(r.send(if batch_error.is_some() { Err(fail()) } else { res })),
-            Pending::Unit(r, res) => drop(r.send(if batch_error.is_some() { Err(fail()) } else { res })),
-            Pending::Count(r, res) => drop(r.send(if batch_error.is_some() { Err(fail()) } else { res })),
+            Pending::Append(r, res) => drop(r.send(if batch_error.is_some() {
+                Err(fail())
+            } else {
+                res
+            })),
+            Pending::Seq(r, res) => drop(r.send(if batch_error.is_some() {
+                Err(fail())
+            } else {
+                res
+            })),
+            Pending::Unit(r, res) => drop(r.send(if batch_error.is_some() {
+                Err(fail())
+            } else {
+                res
+            })),
+            Pending::Count(r, res) => drop(r.send(if batch_error.is_some() {
+                Err(fail())
+            } else {
+                res
+            })),
         }
     }
 }
@@ -389,7 +439,11 @@ fn fail(cmd: Command, err: &str) {
 }
 
 /// The room's head: from the cache, else from the table. `None` when the room does not exist.
-fn head(tx: &Transaction<'_>, heads: &mut HashMap<RoomId, u64>, room: &RoomId) -> rusqlite::Result<Option<u64>> {
+fn head(
+    tx: &Transaction<'_>,
+    heads: &mut HashMap<RoomId, u64>,
+    room: &RoomId,
+) -> rusqlite::Result<Option<u64>> {
     if let Some(&seq) = heads.get(room) {
         return Ok(Some(seq));
     }
@@ -411,29 +465,71 @@ fn append(
     ts: u64,
 ) -> Result<Appended, StoreError> {
     let original = tx
-        .prepare_cached("SELECT seq, data, ts FROM messages WHERE room = ?1 AND user = ?2 AND id = ?3")
+        .prepare_cached(
+            "SELECT seq, data, ts FROM messages WHERE room = ?1 AND user = ?2 AND id = ?3",
+        )
         .and_then(|mut s| {
             s.query_row([m.room.as_str(), m.user.as_str(), &m.id], |r| {
-                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?))
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
             })
             .optional()
         })
         .map_err(backend)?;
     if let Some((seq, data, ts)) = original {
-        let message = ChatMessage { room: m.room, seq: Seq(seq as u64), id: m.id, user: m.user, data, ts: ts as u64 };
-        return Ok(Appended { message: Arc::new(message), duplicate: true });
+        let message = ChatMessage {
+            room: m.room,
+            seq: Seq(seq as u64),
+            id: m.id,
+            user: m.user,
+            data,
+            ts: ts as u64,
+        };
+        return Ok(Appended {
+            message: Arc::new(message),
+            duplicate: true,
+        });
     }
     let seq = head(tx, heads, &m.room).map_err(backend)?.unwrap_or(0) + 1;
-    tx.prepare_cached("INSERT INTO messages (room, seq, id, user, data, ts) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")
-        .and_then(|mut s| s.execute(params![m.room.as_str(), seq as i64, m.id, m.user.as_str(), m.data, ts as i64]))
-        .map_err(backend)?;
+    tx.prepare_cached(
+        "INSERT INTO messages (room, seq, id, user, data, ts) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            m.room.as_str(),
+            seq as i64,
+            m.id,
+            m.user.as_str(),
+            m.data,
+            ts as i64
+        ])
+    })
+    .map_err(backend)?;
     heads.insert(m.room.clone(), seq);
     touched.insert(m.room.clone(), seq);
-    let message = ChatMessage { room: m.room, seq: Seq(seq), id: m.id, user: m.user, data: m.data, ts };
-    Ok(Appended { message: Arc::new(message), duplicate: false })
+    let message = ChatMessage {
+        room: m.room,
+        seq: Seq(seq),
+        id: m.id,
+        user: m.user,
+        data: m.data,
+        ts,
+    };
+    Ok(Appended {
+        message: Arc::new(message),
+        duplicate: false,
+    })
 }
 
-fn create_room(tx: &Transaction<'_>, heads: &mut HashMap<RoomId, u64>, room: &RoomId, ts: u64) -> Result<Seq, StoreError> {
+fn create_room(
+    tx: &Transaction<'_>,
+    heads: &mut HashMap<RoomId, u64>,
+    room: &RoomId,
+    ts: u64,
+) -> Result<Seq, StoreError> {
     if let Some(seq) = head(tx, heads, room).map_err(backend)? {
         return Ok(Seq(seq));
     }
@@ -445,7 +541,11 @@ fn create_room(tx: &Transaction<'_>, heads: &mut HashMap<RoomId, u64>, room: &Ro
 }
 
 /// Writes the batch's new heads; part of the batch's transaction.
-fn save_heads(tx: &Transaction<'_>, touched: &HashMap<RoomId, u64>, ts: u64) -> rusqlite::Result<()> {
+fn save_heads(
+    tx: &Transaction<'_>,
+    touched: &HashMap<RoomId, u64>,
+    ts: u64,
+) -> rusqlite::Result<()> {
     let mut stmt = tx.prepare_cached(
         "INSERT INTO rooms (room, last_seq, created_at) VALUES (?1, ?2, ?3)
          ON CONFLICT (room) DO UPDATE SET last_seq = excluded.last_seq",
@@ -497,19 +597,32 @@ impl MessageLog for SqliteStore {
             const COLS: &str = "SELECT seq, id, user, data, ts FROM messages WHERE room = ?1";
             // One row past the limit tells whether there is more.
             let (sql, bound, limit, newest_first) = match query {
-                HistoryQuery::Latest { limit } => (format!("{COLS} ORDER BY seq DESC LIMIT ?2"), None, limit, true),
-                HistoryQuery::Before { seq, limit } => {
-                    (format!("{COLS} AND seq < ?3 ORDER BY seq DESC LIMIT ?2"), Some(seq), limit, true)
-                }
-                HistoryQuery::After { seq, limit } => {
-                    (format!("{COLS} AND seq > ?3 ORDER BY seq ASC LIMIT ?2"), Some(seq), limit, false)
-                }
+                HistoryQuery::Latest { limit } => (
+                    format!("{COLS} ORDER BY seq DESC LIMIT ?2"),
+                    None,
+                    limit,
+                    true,
+                ),
+                HistoryQuery::Before { seq, limit } => (
+                    format!("{COLS} AND seq < ?3 ORDER BY seq DESC LIMIT ?2"),
+                    Some(seq),
+                    limit,
+                    true,
+                ),
+                HistoryQuery::After { seq, limit } => (
+                    format!("{COLS} AND seq > ?3 ORDER BY seq ASC LIMIT ?2"),
+                    Some(seq),
+                    limit,
+                    false,
+                ),
             };
             let mut stmt = c.prepare_cached(&sql)?;
             let fetch = limit as i64 + 1;
             let to_message = |r: &rusqlite::Row<'_>| message_row(&room, r);
             let mut messages = match bound {
-                None => stmt.query_map(params![room.as_str(), fetch], to_message)?.collect::<rusqlite::Result<Vec<_>>>()?,
+                None => stmt
+                    .query_map(params![room.as_str(), fetch], to_message)?
+                    .collect::<rusqlite::Result<Vec<_>>>()?,
                 Some(s) => stmt
                     .query_map(params![room.as_str(), fetch, s.0 as i64], to_message)?
                     .collect::<rusqlite::Result<Vec<_>>>()?,
@@ -600,8 +713,12 @@ mod tests {
     fn the_writer_commits_with_wal_and_full_sync() {
         let dir = tempfile::tempdir().unwrap();
         let conn = super::open_writer(&dir.path().join("db")).unwrap();
-        let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
-        let sync: i64 = conn.query_row("PRAGMA synchronous", [], |r| r.get(0)).unwrap();
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        let sync: i64 = conn
+            .query_row("PRAGMA synchronous", [], |r| r.get(0))
+            .unwrap();
         assert_eq!((mode.as_str(), sync), ("wal", 2), "2 is FULL");
     }
 }

@@ -1,7 +1,10 @@
 //! Test helper: a real server on 127.0.0.1:0 with its own data directory, stopped gracefully on
 //! [`TestServer::stop`] or when dropped.
 
-#![allow(dead_code, reason = "each test file uses a different part of the helper")]
+#![allow(
+    dead_code,
+    reason = "each test file uses a different part of the helper"
+)]
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -40,12 +43,22 @@ impl TestServer {
     pub async fn start_in(data_dir: &Path, config: ServerConfig) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let config = ServerConfig { data_dir: data_dir.to_owned(), listen: addr, ..config };
+        let config = ServerConfig {
+            data_dir: data_dir.to_owned(),
+            listen: addr,
+            ..config
+        };
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(dynamowave_server::run(listener, config, async {
             let _ = stopped.await;
         }));
-        TestServer { addr, data_dir: data_dir.to_owned(), stop: Some(stop), task: Some(task), _tempdir: None }
+        TestServer {
+            addr,
+            data_dir: data_dir.to_owned(),
+            stop: Some(stop),
+            task: Some(task),
+            _tempdir: None,
+        }
     }
 
     pub fn ws_url(&self, name: &str) -> String {
@@ -61,7 +74,9 @@ impl TestServer {
     }
 
     pub async fn compat(&self) -> CompatClient {
-        CompatClient::connect(&format!("ws://{}/ws", self.addr)).await.unwrap()
+        CompatClient::connect(&format!("ws://{}/ws", self.addr))
+            .await
+            .unwrap()
     }
 
     /// Graceful shutdown: waits until the server has closed every socket and committed.
@@ -87,7 +102,10 @@ impl Drop for TestServer {
 pub async fn until<F>(
     client: &mut Client,
     mut pred: F,
-) -> (dynamowave_core::protocol::ServerFrame, Vec<dynamowave_core::protocol::ServerFrame>)
+) -> (
+    dynamowave_core::protocol::ServerFrame,
+    Vec<dynamowave_core::protocol::ServerFrame>,
+)
 where
     F: FnMut(&dynamowave_core::protocol::ServerFrame) -> bool,
 {
