@@ -146,13 +146,17 @@ pub enum StoreError {
 }
 
 impl From<StoreError> for ChatError {
+    /// The backend's own text stays in the server's log (the adapter logs it); clients learn
+    /// only what to do.
     fn from(e: StoreError) -> Self {
-        ChatError::new(
-            ErrorCode::Unavailable,
-            format!(
-                "the message store is unavailable ({e}); nothing was saved, retry with the same id"
-            ),
-        )
-        .with_retry_after(1000)
+        let message = match e {
+            StoreError::Closed => {
+                "the server is shutting down; nothing was saved, retry with the same id"
+            }
+            StoreError::Backend(_) => {
+                "the message store is unavailable; nothing was saved, retry with the same id"
+            }
+        };
+        ChatError::new(ErrorCode::Unavailable, message).with_retry_after(1000)
     }
 }

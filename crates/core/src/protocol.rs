@@ -161,8 +161,12 @@ struct RawFrame<'a> {
 pub enum DecodeError {
     /// Not a JSON object at all. Compat mode routes this to `$default`, as API Gateway does.
     NotJson(String),
-    /// A JSON object with a bad or missing field.
-    Invalid(ChatError),
+    /// A JSON object with a bad or missing field; `id` is the frame's `id` when it was readable,
+    /// so the client can match the error to the message it sent.
+    Invalid {
+        error: ChatError,
+        id: Option<String>,
+    },
 }
 
 impl From<DecodeError> for ChatError {
@@ -171,17 +175,34 @@ impl From<DecodeError> for ChatError {
             DecodeError::NotJson(detail) => ChatError::bad_request(format!(
                 "frames must be JSON objects like {{\"action\":\"sendmessage\",\"room\":\"general\",\"data\":\"hi\"}} ({detail})"
             )),
-            DecodeError::Invalid(e) => e,
+            DecodeError::Invalid { error, .. } => error,
         }
     }
 }
 
 impl<'a> ClientFrame<'a> {
-    /// Decodes one text frame.
-    pub fn decode(text: &'a str) -> Result<Self, DecodeError> {
+    /// Decodes one text frame. In compat mode only `sendmessage` is a route, as in the AWS
+    /// sample; any other frame, with or without an `action`, is `$default`.
+    pub fn decode(text: &'a str, mode: Mode) -> Result<Self, DecodeError> {
+        // serde would also take a JSON array for a struct; a frame must be an object.
+        if !text.trim_start().starts_with('{') {
+            return Err(DecodeError::NotJson("expected a JSON object".into()));
+        }
         let raw: RawFrame<'a> =
             serde_json::from_str(text).map_err(|e| DecodeError::NotJson(e.to_string()))?;
-        raw.route().map_err(DecodeError::Invalid)
+        if mode == Mode::Compat {
+            let action = string_field("action", raw.action).ok().flatten();
+            if action.as_deref() != Some("sendmessage") {
+                return Ok(ClientFrame::Default {
+                    action: action.unwrap_or_default(),
+                });
+            }
+        }
+        let id = raw.id;
+        raw.route().map_err(|error| DecodeError::Invalid {
+            error,
+            id: string_field("id", id).ok().flatten().map(Cow::into_owned),
+        })
     }
 
     /// The client's `id`, if the frame carried a readable one; echoed in `error` frames.
@@ -217,7 +238,7 @@ impl<'a> RawFrame<'a> {
                     && (id.is_empty() || id.len() > MAX_MESSAGE_ID_LEN)
                 {
                     return Err(ChatError::bad_request(format!(
-                        "`id` must be 1 to {MAX_MESSAGE_ID_LEN} characters"
+                        "`id` must be 1 to {MAX_MESSAGE_ID_LEN} bytes long"
                     )));
                 }
                 let room = self.room.map(|r| room_field(Some(r))).transpose()?;
@@ -491,7 +512,7 @@ mod tests {
     use super::*;
 
     fn decode(text: &str) -> Result<ClientFrame<'_>, ChatError> {
-        ClientFrame::decode(text).map_err(ChatError::from)
+        ClientFrame::decode(text, Mode::V1).map_err(ChatError::from)
     }
 
     #[test]
@@ -536,18 +557,45 @@ mod tests {
 
     #[test]
     fn not_json_is_told_apart_from_invalid() {
+        let v1 = |text| ClientFrame::decode(text, Mode::V1);
+        assert!(matches!(v1("hello"), Err(DecodeError::NotJson(_))));
+        assert!(matches!(v1("[1,2]"), Err(DecodeError::NotJson(_))));
+        assert!(
+            matches!(
+                v1(r#"["sendmessage",null,"hi",null,null,null,null,null]"#),
+                Err(DecodeError::NotJson(_))
+            ),
+            "serde would take an array for the struct; frames must be objects"
+        );
         assert!(matches!(
-            ClientFrame::decode("hello"),
-            Err(DecodeError::NotJson(_))
+            v1(r#"{"action":1}"#),
+            Err(DecodeError::Invalid { .. })
         ));
-        assert!(matches!(
-            ClientFrame::decode("[1,2]"),
-            Err(DecodeError::NotJson(_))
-        ));
-        assert!(matches!(
-            ClientFrame::decode(r#"{"action":1}"#),
-            Err(DecodeError::Invalid(_))
-        ));
+        let e = v1(r#"{"action":"sendmessage","room":"r","data":5,"id":"c7"}"#).unwrap_err();
+        assert!(
+            matches!(e, DecodeError::Invalid { id: Some(ref id), .. } if id == "c7"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn compat_mode_routes_only_sendmessage() {
+        let compat = |text| ClientFrame::decode(text, Mode::Compat);
+        for text in [
+            r#"{"data":"x"}"#,
+            r#"{"action":"join"}"#,
+            r#"{"action":"join","room":"bad room"}"#,
+            r#"{"action":7}"#,
+        ] {
+            assert!(
+                matches!(compat(text), Ok(ClientFrame::Default { .. })),
+                "{text}"
+            );
+        }
+        let ok = compat(r#"{"action":"sendmessage","data":"hi"}"#);
+        assert!(matches!(ok, Ok(ClientFrame::SendMessage { .. })));
+        let bad = compat(r#"{"action":"sendmessage","data":1}"#);
+        assert!(matches!(bad, Err(DecodeError::Invalid { .. })));
     }
 
     #[test]

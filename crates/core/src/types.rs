@@ -146,7 +146,7 @@ impl UserName {
             || trimmed.chars().any(char::is_control)
         {
             return Err(ChatError::bad_request(format!(
-                "invalid user name {name:?}: use 1 to {MAX_USER_LEN} printable characters"
+                "invalid user name {name:?}: use 1 to {MAX_USER_LEN} bytes of printable characters"
             )));
         }
         Ok(UserName(trimmed.into()))

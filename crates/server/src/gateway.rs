@@ -206,6 +206,20 @@ pub async fn serve_connection(socket: WebSocket, state: AppState, mut session: S
     tracing::debug!(connection = %session.id, "disconnected");
 }
 
+/// Writes everything already queued (at shutdown or a requested close).
+async fn drain(
+    session: &mut Session,
+    out: &mut SocketOutbox,
+    outbound: &mut mpsc::Receiver<Outgoing>,
+) -> Result<(), Disconnected> {
+    while let Ok(item) = outbound.try_recv() {
+        if let Some(text) = outgoing_text(session, item) {
+            out.feed(text).await?;
+        }
+    }
+    out.flush().await
+}
+
 async fn read_write_loop(
     session: &mut Session,
     state: &AppState,
@@ -218,19 +232,17 @@ async fn read_write_loop(
     loop {
         tokio::select! {
             (code, reason) = handle.closed() => {
-                // Deliver what is already queued unless the queue is the problem.
-                if code != close_code::TRY_AGAIN_LATER {
-                    while let Ok(item) = outbound.try_recv() {
-                        if let Some(text) = outgoing_text(session, item) && out.feed(text).await.is_err() {
-                            return;
-                        }
-                    }
+                // Deliver what is already queued, unless the queue is the problem.
+                if code != close_code::TRY_AGAIN_LATER && drain(session, out, outbound).await.is_err() {
+                    return;
                 }
                 out.close(code, &reason).await;
                 return;
             }
             _ = shutting_down.changed() => {
-                out.close(close_code::GOING_AWAY, "server shutting down").await;
+                if drain(session, out, outbound).await.is_ok() {
+                    out.close(close_code::GOING_AWAY, "server shutting down").await;
+                }
                 return;
             }
             item = outbound.recv() => {
@@ -266,7 +278,13 @@ async fn read_write_loop(
                         session.touch();
                         Ok(())
                     }
-                    Some(Ok(Message::Close(_))) | None => return,
+                    Some(Ok(Message::Close(_))) => {
+                        // tungstenite queued the close reply; send it so the client sees a
+                        // clean close.
+                        let _ = out.flush().await;
+                        return;
+                    }
+                    None => return,
                     Some(Err(e)) => {
                         if is_too_large(&e) {
                             let limits = services.limits;

@@ -145,6 +145,17 @@ async fn each_bad_frame_gets_an_error_and_the_connection_survives() {
     }
     expect_error(&mut c, &long_room, "bad_request", "1 to 64 characters").await;
 
+    // An error about a message names the message's id when it could be read.
+    c.send_raw(r#"{"action":"sendmessage","room":"ok","data":false,"id":"m-9"}"#)
+        .await
+        .unwrap();
+    match c.next_within(WAIT).await.unwrap() {
+        ServerFrame::Error { id, code, .. } => {
+            assert_eq!((id.as_deref(), code.as_str()), (Some("m-9"), "bad_request"));
+        }
+        other => panic!("{other:?}"),
+    }
+
     // Binary frames are refused with an explanation.
     c.send_binary(vec![1, 2, 3]).await.unwrap();
     match c.next_within(WAIT).await.unwrap() {

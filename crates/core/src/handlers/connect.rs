@@ -5,7 +5,7 @@
 
 use super::{HandlerError, Services, Session, join};
 use crate::ports::Outbox;
-use crate::protocol::{Mode, SUBPROTOCOL_V1, ServerFrame};
+use crate::protocol::{Mode, PresenceEvent, SUBPROTOCOL_V1, ServerFrame};
 use crate::types::RoomId;
 
 pub async fn handle(
@@ -17,7 +17,11 @@ pub async fn handle(
     match session.mode {
         Mode::Compat => {
             // The original broadcast to every connection; here that is the default room.
-            join::enter(session, services, &RoomId::default_room()).await?;
+            let room = RoomId::default_room();
+            join::enter(session, services, &room).await?;
+            services
+                .rooms
+                .presence(&room, PresenceEvent::Joined, &session.user, &session.id);
         }
         Mode::V1 => {
             let hello = ServerFrame::Connected {

@@ -12,19 +12,20 @@ pub async fn handle(
     out: &mut dyn Outbox,
     room: RoomId,
 ) -> Result<(), HandlerError> {
-    if !session.remove_room(&room) {
-        return Err(
-            ChatError::new(ErrorCode::NotJoined, format!("you are not in room {room}")).into(),
-        );
+    if !session.is_member(&room) {
+        let e = ChatError::new(ErrorCode::NotJoined, format!("you are not in room {room}"));
+        return Err(e.into());
     }
-    services.rooms.leave(&session.id, &room);
-    services
-        .rooms
-        .presence(&room, PresenceEvent::Left, &session.user, &session.id);
+    // The store first: if it fails, nothing changed and the client can retry the leave.
     services
         .connections
         .remove_membership(&session.id, &room)
         .await?;
+    session.remove_room(&room);
+    services.rooms.leave(&session.id, &room);
+    services
+        .rooms
+        .presence(&room, PresenceEvent::Left, &session.user, &session.id);
     out.send_text(ServerFrame::Left { room }.to_json()).await?;
     Ok(())
 }

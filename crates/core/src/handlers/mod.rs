@@ -160,11 +160,14 @@ pub async fn dispatch(
     out: &mut dyn Outbox,
 ) -> Result<(), Disconnected> {
     session.touch();
-    let frame = match ClientFrame::decode(text) {
+    let frame = match ClientFrame::decode(text, session.mode) {
         Ok(frame) => frame,
         // API Gateway sends frames it cannot route to $default; compat clients expect that.
         Err(DecodeError::NotJson(_)) if session.mode == Mode::Compat => {
             return finish(default::handle(session, out).await, None, out).await;
+        }
+        Err(DecodeError::Invalid { error, id }) => {
+            return send_error(out, id.as_deref(), &error).await;
         }
         Err(e) => return send_error(out, None, &e.into()).await,
     };
@@ -183,7 +186,8 @@ pub async fn dispatch(
             history::handle(services, out, room, query).await
         }
         (Mode::V1, ClientFrame::Members { room }) => members::handle(services, out, room).await,
-        // Compat mode knows only sendmessage, like the AWS sample: the rest is $default.
+        // Everything else, and in compat mode everything but sendmessage (the decoder made it
+        // Default already), is $default.
         _ => default::handle(session, out).await,
     };
     finish(result, request_id.as_deref(), out).await

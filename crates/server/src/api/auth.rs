@@ -41,7 +41,8 @@ pub async fn require_admin(
                 .into_response(),
             }
         }
-        None if peer.ip().is_loopback() => next.run(request).await,
+        // to_canonical: an IPv4 client of a dual-stack listener shows up as ::ffff:127.0.0.1.
+        None if peer.ip().to_canonical().is_loopback() => next.run(request).await,
         None => ApiError(ChatError::new(
             ErrorCode::Forbidden,
             "without --admin-token the management API answers loopback clients only",
@@ -57,6 +58,85 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+
+    use axum::body::Body;
+    use axum::extract::connect_info::MockConnectInfo;
+    use axum::http::{Request, StatusCode};
+    use dynamowave_core::handlers::Services;
+    use dynamowave_core::memory::{MemoryConnections, MemoryLog};
+    use tower::ServiceExt;
+
+    use crate::app::{AppState, router};
+    use crate::config::ServerConfig;
+    use crate::hub::Hub;
+
+    async fn status(admin_token: Option<&str>, peer: &str, bearer: Option<&str>) -> StatusCode {
+        let hub = Arc::new(Hub::default());
+        let config = ServerConfig {
+            admin_token: admin_token.map(str::to_owned),
+            ..ServerConfig::default()
+        };
+        let state = AppState {
+            services: Services {
+                log: Arc::new(MemoryLog::new(hub.clone())),
+                connections: Arc::new(MemoryConnections::default()),
+                rooms: hub.clone(),
+                limits: AppState::limits(&config),
+            },
+            hub,
+            config: Arc::new(config),
+            shutting_down: tokio::sync::watch::channel(false).1,
+        };
+        let peer: SocketAddr = peer.parse().unwrap();
+        let app = router(state).layer(MockConnectInfo(peer));
+        let mut request =
+            Request::post("/rooms/r/messages").header("content-type", "application/json");
+        if let Some(token) = bearer {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let response = app
+            .oneshot(request.body(Body::from(r#"{"data":"x"}"#)).unwrap())
+            .await
+            .unwrap();
+        response.status()
+    }
+
+    #[tokio::test]
+    async fn without_a_token_only_loopback_clients_get_in() {
+        assert_eq!(
+            status(None, "127.0.0.1:5000", None).await,
+            StatusCode::CREATED
+        );
+        assert_eq!(status(None, "[::1]:5000", None).await, StatusCode::CREATED);
+        assert_eq!(
+            status(None, "[::ffff:127.0.0.1]:5000", None).await,
+            StatusCode::CREATED
+        );
+        assert_eq!(
+            status(None, "192.0.2.7:5000", None).await,
+            StatusCode::FORBIDDEN
+        );
+    }
+
+    #[tokio::test]
+    async fn with_a_token_everyone_needs_it() {
+        let token = Some("0123456789abcdef-admin");
+        assert_eq!(
+            status(token, "192.0.2.7:5000", token).await,
+            StatusCode::CREATED
+        );
+        assert_eq!(
+            status(token, "127.0.0.1:5000", None).await,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            status(token, "192.0.2.7:5000", Some("0123456789abcdef-admiN")).await,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+
     #[test]
     fn constant_time_eq() {
         assert!(super::constant_time_eq(b"secret", b"secret"));

@@ -17,15 +17,16 @@ use super::{ApiError, read_body};
 use crate::app::AppState;
 use crate::hub::{ConnectionHandle, SendError};
 
+fn gone(id: &str) -> ApiError {
+    ApiError(ChatError::new(
+        ErrorCode::Gone,
+        format!("connection {id} is not connected"),
+    ))
+}
+
 fn find(state: &AppState, id: &str) -> Result<Arc<ConnectionHandle>, ApiError> {
-    let gone = || {
-        ApiError(ChatError::new(
-            ErrorCode::Gone,
-            format!("connection {id} is not connected"),
-        ))
-    };
-    let id = ConnectionId::parse(id).map_err(|_| gone())?;
-    state.hub.connection(&id).ok_or_else(gone)
+    let parsed = ConnectionId::parse(id).map_err(|_| gone(id))?;
+    state.hub.connection(&parsed).ok_or_else(|| gone(id))
 }
 
 /// `POST /@connections/{id}`: the body, as one text frame.
@@ -41,7 +42,7 @@ pub async fn post(
     })?;
     match handle.send_direct(text.into()) {
         Ok(()) => Ok(StatusCode::OK.into_response()),
-        Err(SendError::Gone) => Err(find(&state, "").map(|_| ()).unwrap_err()),
+        Err(SendError::Gone) => Err(gone(&id)),
         Err(SendError::Full) => Err(ApiError(
             ChatError::new(
                 ErrorCode::Unavailable,

@@ -42,7 +42,7 @@ pub async fn post_message(
         && (id.is_empty() || id.len() > MAX_MESSAGE_ID_LEN)
     {
         return Err(ChatError::bad_request(format!(
-            "`id` must be 1 to {MAX_MESSAGE_ID_LEN} characters"
+            "`id` must be 1 to {MAX_MESSAGE_ID_LEN} bytes long"
         ))
         .into());
     }

@@ -201,7 +201,9 @@ fn open_writer(path: &Path) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
+/// A SQLite failure as the port's error. Logged here: the client only hears "unavailable".
 fn backend(e: rusqlite::Error) -> StoreError {
+    tracing::error!(error = %e, "SQLite store operation failed");
     StoreError::Backend(e.to_string())
 }
 
@@ -382,6 +384,7 @@ impl Writer {
                 }
             }
             Err(e) => {
+                tracing::error!(error = %e, commands = pending.len(), "SQLite commit failed; the batch is not stored");
                 // Nothing of the batch is stored: forget the heads it advanced; the cache
                 // reloads from the `rooms` table.
                 self.heads.clear();
