@@ -151,10 +151,10 @@ impl From<StoreError> for ChatError {
     fn from(e: StoreError) -> Self {
         let message = match e {
             StoreError::Closed => {
-                "the server is shutting down; nothing was saved, retry with the same id"
+                "the server is shutting down and nothing was changed; retry (a message with the same id)"
             }
             StoreError::Backend(_) => {
-                "the message store is unavailable; nothing was saved, retry with the same id"
+                "the store is unavailable and nothing was changed; retry (a message with the same id)"
             }
         };
         ChatError::new(ErrorCode::Unavailable, message).with_retry_after(1000)

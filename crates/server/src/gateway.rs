@@ -220,6 +220,20 @@ async fn drain(
     out.flush().await
 }
 
+/// Closes as asked: with what is queued delivered first, unless the queue is the problem.
+async fn close_on_request(
+    session: &mut Session,
+    out: &mut SocketOutbox,
+    outbound: &mut mpsc::Receiver<Outgoing>,
+    code: u16,
+    reason: &str,
+) {
+    if code != close_code::TRY_AGAIN_LATER && drain(session, out, outbound).await.is_err() {
+        return;
+    }
+    out.close(code, reason).await;
+}
+
 async fn read_write_loop(
     session: &mut Session,
     state: &AppState,
@@ -230,13 +244,15 @@ async fn read_write_loop(
 ) {
     let services = &state.services;
     loop {
+        // A close requested while this task was busy (say, a slow consumer blocked in a write)
+        // goes before anything else; select! alone would pick among ready branches at random.
+        if let Some((code, reason)) = handle.close_requested() {
+            close_on_request(session, out, outbound, code, &reason).await;
+            return;
+        }
         tokio::select! {
             (code, reason) = handle.closed() => {
-                // Deliver what is already queued, unless the queue is the problem.
-                if code != close_code::TRY_AGAIN_LATER && drain(session, out, outbound).await.is_err() {
-                    return;
-                }
-                out.close(code, &reason).await;
+                close_on_request(session, out, outbound, code, &reason).await;
                 return;
             }
             _ = shutting_down.changed() => {

@@ -110,6 +110,14 @@ impl ConnectionHandle {
         }
     }
 
+    /// The pending close request, if any.
+    pub fn close_requested(&self) -> Option<(u16, String)> {
+        self.close_reason
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// Resolves when [`close`](Self::close) was called; returns its code and reason.
     pub async fn closed(&self) -> (u16, String) {
         self.close.notified().await;

@@ -188,101 +188,102 @@ async fn server_side_publish_uses_the_same_log_and_fan_out() {
 async fn room_endpoints_explain_bad_requests() {
     let server = TestServer::start().await;
     let http = reqwest::Client::new();
-    let check = async |r: reqwest::Response, status: StatusCode, needle: &str| {
-        assert_eq!(r.status(), status);
-        let body: Value = r.json().await.unwrap();
-        assert!(body["message"].as_str().unwrap().contains(needle), "{body}");
-        assert!(body["code"].is_string());
-    };
-    check(
-        http.get(server.http("/rooms/ghost/messages"))
-            .send()
-            .await
-            .unwrap(),
-        StatusCode::NOT_FOUND,
-        "does not exist",
-    )
-    .await;
-    check(
-        http.get(server.http("/rooms/ghost/members"))
-            .send()
-            .await
-            .unwrap(),
-        StatusCode::NOT_FOUND,
-        "does not exist",
-    )
-    .await;
-    check(
-        http.get(server.http("/rooms/bad%20name/messages"))
-            .send()
-            .await
-            .unwrap(),
-        StatusCode::BAD_REQUEST,
-        "invalid room name",
-    )
-    .await;
     http.post(server.http("/rooms/r/messages"))
         .json(&json!({"data": "x"}))
         .send()
         .await
         .unwrap();
-    check(
-        http.get(server.http("/rooms/r/messages?after=-1"))
-            .send()
-            .await
-            .unwrap(),
-        StatusCode::BAD_REQUEST,
-        "`after` must be a non-negative integer",
-    )
-    .await;
-    check(
-        http.get(server.http("/rooms/r/messages?after=1&before=2"))
-            .send()
-            .await
-            .unwrap(),
-        StatusCode::BAD_REQUEST,
-        "not both",
-    )
-    .await;
-    check(
-        http.get(server.http("/rooms/r/messages?limit=100000"))
-            .send()
-            .await
-            .unwrap(),
-        StatusCode::BAD_REQUEST,
-        "limit",
-    )
-    .await;
-    check(
-        http.post(server.http("/rooms/r/messages"))
-            .body("not json")
-            .send()
-            .await
-            .unwrap(),
-        StatusCode::BAD_REQUEST,
-        "must be JSON",
-    )
-    .await;
-    check(
-        http.post(server.http("/rooms/r/messages"))
-            .json(&json!({"data": 5}))
-            .send()
-            .await
-            .unwrap(),
-        StatusCode::BAD_REQUEST,
-        "must be JSON",
-    )
-    .await;
-    check(
-        http.post(server.http("/rooms/r/messages"))
-            .json(&json!({"data": "x".repeat(200 * 1024)}))
-            .send()
-            .await
-            .unwrap(),
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "larger than",
-    )
-    .await;
+    let huge = json!({"data": "x".repeat(200 * 1024)}).to_string();
+    // (method, path, body, expected status, a phrase the message must contain)
+    let cases: [(&str, &str, Option<&str>, StatusCode, &str); 10] = [
+        (
+            "GET",
+            "/rooms/ghost/messages",
+            None,
+            StatusCode::NOT_FOUND,
+            "does not exist",
+        ),
+        (
+            "GET",
+            "/rooms/ghost/members",
+            None,
+            StatusCode::NOT_FOUND,
+            "does not exist",
+        ),
+        (
+            "GET",
+            "/rooms/bad%20name/messages",
+            None,
+            StatusCode::BAD_REQUEST,
+            "invalid room name",
+        ),
+        (
+            "GET",
+            "/rooms/r/messages?after=-1",
+            None,
+            StatusCode::BAD_REQUEST,
+            "`after` must be a non-negative integer",
+        ),
+        (
+            "GET",
+            "/rooms/r/messages?after=1&before=2",
+            None,
+            StatusCode::BAD_REQUEST,
+            "not both",
+        ),
+        (
+            "GET",
+            "/rooms/r/messages?limit=100000",
+            None,
+            StatusCode::BAD_REQUEST,
+            "limit",
+        ),
+        (
+            "POST",
+            "/rooms/r/messages",
+            Some("not json"),
+            StatusCode::BAD_REQUEST,
+            "must be JSON",
+        ),
+        (
+            "POST",
+            "/rooms/r/messages",
+            Some(r#"{"data":5}"#),
+            StatusCode::BAD_REQUEST,
+            "must be JSON",
+        ),
+        (
+            "POST",
+            "/rooms/r/messages",
+            Some(r#"{"data":"x","id":""}"#),
+            StatusCode::BAD_REQUEST,
+            "`id` must be 1 to 128 bytes",
+        ),
+        (
+            "POST",
+            "/rooms/r/messages",
+            Some(&huge),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "larger than",
+        ),
+    ];
+    for (method, path, body, status, needle) in cases {
+        let request = match body {
+            Some(body) => http
+                .post(server.http(path))
+                .header("content-type", "application/json")
+                .body(body.to_owned()),
+            None => http.request(method.parse().unwrap(), server.http(path)),
+        };
+        let r = request.send().await.unwrap();
+        assert_eq!(r.status(), status, "{method} {path}");
+        let body: Value = r.json().await.unwrap();
+        assert!(
+            body["message"].as_str().unwrap().contains(needle),
+            "{method} {path}: {body}"
+        );
+        assert!(body["code"].is_string());
+    }
     server.stop().await;
 }
 
