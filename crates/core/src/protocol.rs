@@ -10,13 +10,14 @@
 use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::error::{ChatError, ErrorCode};
-use crate::types::{ConnectionId, MAX_MESSAGE_ID_LEN, RoomId, Seq, UserName};
+use crate::types::{ConnectionId, MAX_MESSAGE_ID_LEN, RoomId, Seq, UserName, rfc3339_ms};
 
 /// The WebSocket subprotocol that selects v1 mode.
 pub const SUBPROTOCOL_V1: &str = "dynamowave.v1";
@@ -456,6 +457,23 @@ pub struct ConnectionInfo {
     pub connected_at: String,
     pub identity: Identity,
     pub last_active_at: String,
+}
+
+impl ConnectionInfo {
+    /// Describes a live connection; `last_active` is the shared last-frame clock (epoch ms).
+    pub fn describe(
+        id: &ConnectionId,
+        identity: &Identity,
+        connected_at: u64,
+        last_active: &AtomicU64,
+    ) -> Self {
+        ConnectionInfo {
+            connection_id: id.clone(),
+            connected_at: rfc3339_ms(connected_at),
+            identity: identity.clone(),
+            last_active_at: rfc3339_ms(last_active.load(Ordering::Relaxed)),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

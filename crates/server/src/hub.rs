@@ -8,7 +8,7 @@
 //! blocks or grows without bound.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use axum::extract::ws::Utf8Bytes;
@@ -17,7 +17,6 @@ use dynamowave_core::ports::{CommitListener, RoomMembership};
 use dynamowave_core::protocol::{
     ChatMessage, ConnectionInfo, Identity, Member, Mode, PresenceEvent, ServerFrame,
 };
-use dynamowave_core::types::rfc3339_ms;
 use dynamowave_core::{ConnectionId, RoomId, Seq, UserName};
 use tokio::sync::{Notify, mpsc};
 
@@ -83,12 +82,12 @@ impl ConnectionHandle {
     }
 
     pub fn info(&self) -> ConnectionInfo {
-        ConnectionInfo {
-            connection_id: self.id.clone(),
-            connected_at: rfc3339_ms(self.connected_at),
-            identity: self.identity.clone(),
-            last_active_at: rfc3339_ms(self.last_active.load(Ordering::Relaxed)),
-        }
+        ConnectionInfo::describe(
+            &self.id,
+            &self.identity,
+            self.connected_at,
+            &self.last_active,
+        )
     }
 
     /// Queues a frame for this connection alone. False when the queue is full or closed.

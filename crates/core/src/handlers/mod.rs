@@ -23,7 +23,7 @@ use crate::ports::{
 use crate::protocol::{
     ClientFrame, ConnectionInfo, DecodeError, Identity, Limits, Mode, ServerFrame,
 };
-use crate::types::{ConnectionId, RoomId, Seq, UserName, now_ms, rfc3339_ms};
+use crate::types::{ConnectionId, RoomId, Seq, UserName, now_ms};
 
 /// The ports and settings every handler uses; one per server, shared by all connections.
 #[derive(Clone)]
@@ -75,12 +75,12 @@ impl Session {
     }
 
     pub fn info(&self) -> ConnectionInfo {
-        ConnectionInfo {
-            connection_id: self.id.clone(),
-            connected_at: rfc3339_ms(self.connected_at),
-            identity: self.identity.clone(),
-            last_active_at: rfc3339_ms(self.last_active.load(Ordering::Relaxed)),
-        }
+        ConnectionInfo::describe(
+            &self.id,
+            &self.identity,
+            self.connected_at,
+            &self.last_active,
+        )
     }
 
     pub fn touch(&self) {

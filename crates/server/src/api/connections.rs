@@ -2,16 +2,15 @@
 //! or close it. An id that is not connected answers 410 Gone.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use dynamowave_core::types::rfc3339_ms;
-use dynamowave_core::{ChatError, ConnectionId, ErrorCode};
-use serde_json::json;
+use dynamowave_core::protocol::{ConnectionInfo, Mode};
+use dynamowave_core::{ChatError, ConnectionId, ErrorCode, UserName};
+use serde::Serialize;
 
 use super::{ApiError, read_body};
 use crate::app::AppState;
@@ -59,15 +58,21 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let h = find(&state, &id)?;
-    Ok(Json(json!({
-        "connectionId": h.id,
-        "connectedAt": rfc3339_ms(h.connected_at),
-        "identity": { "sourceIp": h.identity.source_ip, "userAgent": h.identity.user_agent },
-        "lastActiveAt": rfc3339_ms(h.last_active.load(Ordering::Relaxed)),
-        "user": h.user,
-        "mode": h.mode,
-    }))
-    .into_response())
+    let description = ConnectionDescription {
+        info: h.info(),
+        user: h.user.clone(),
+        mode: h.mode,
+    };
+    Ok(Json(description).into_response())
+}
+
+/// `GET /@connections/{id}`'s body: API Gateway's fields, then who and how.
+#[derive(Serialize)]
+struct ConnectionDescription {
+    #[serde(flatten)]
+    info: ConnectionInfo,
+    user: UserName,
+    mode: Mode,
 }
 
 /// `DELETE /@connections/{id}`: closes the socket with 1000.
