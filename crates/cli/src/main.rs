@@ -6,7 +6,9 @@
 //! - `main.rs`: argument parsing and logging setup, nothing else.
 //! - `serve.rs`: `dynamowave serve`: merges flags, environment and the TOML file into a
 //!   `ServerConfig`, binds, and runs the server until SIGINT/SIGTERM.
+//! - `bench/`: `dynamowave bench`, the load generator, one file per scenario.
 
+mod bench;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -26,6 +28,8 @@ struct Cli {
 enum Command {
     /// Run the chat server (the default).
     Serve(serve::ServeArgs),
+    /// Measure a server: throughput, delivery ratio, latency, connects, memory.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -43,6 +47,7 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     match cli.command {
         Some(Command::Serve(args)) => runtime.block_on(serve::run(args)),
+        Some(Command::Bench(args)) => runtime.block_on(bench::run(args)),
         None => runtime.block_on(serve::run(serve::ServeArgs::from_env())),
     }
 }

@@ -12,18 +12,26 @@
 use std::time::Duration;
 
 use dynamowave_core::protocol::{SUBPROTOCOL_V1, ServerFrame};
+use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub use dynamowave_core::protocol;
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Small read buffers: a load generator holds thousands of mostly idle connections, and
+/// tungstenite allocates the whole read buffer up front.
+fn config() -> WebSocketConfig {
+    WebSocketConfig::default().read_buffer_size(8 * 1024)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -54,7 +62,8 @@ impl Client {
             "Sec-WebSocket-Protocol",
             HeaderValue::from_static(SUBPROTOCOL_V1),
         );
-        let (socket, _) = tokio_tungstenite::connect_async_with_config(request, None, true).await?;
+        let (socket, _) =
+            tokio_tungstenite::connect_async_with_config(request, Some(config()), true).await?;
         let mut client = Client {
             socket,
             connected: ServerFrame::Left {
@@ -194,6 +203,11 @@ impl Client {
         self.socket.close(None).await?;
         Ok(())
     }
+
+    /// Separate halves, to write and read from different tasks.
+    pub fn split(self) -> (FrameSender, FrameReceiver) {
+        split(self.socket)
+    }
 }
 
 /// A compat-mode connection: what `wscat -c ws://host/ws` is.
@@ -203,7 +217,8 @@ pub struct CompatClient {
 
 impl CompatClient {
     pub async fn connect(url: &str) -> Result<Self, ClientError> {
-        let (socket, _) = tokio_tungstenite::connect_async_with_config(url, None, true).await?;
+        let (socket, _) =
+            tokio_tungstenite::connect_async_with_config(url, Some(config()), true).await?;
         Ok(CompatClient { socket })
     }
 
@@ -233,26 +248,77 @@ impl CompatClient {
         self.socket.close(None).await?;
         Ok(())
     }
+
+    /// Separate halves, to write and read from different tasks.
+    pub fn split(self) -> (FrameSender, FrameReceiver) {
+        split(self.socket)
+    }
+}
+
+fn split(socket: Socket) -> (FrameSender, FrameReceiver) {
+    let (sink, stream) = socket.split();
+    (FrameSender { sink }, FrameReceiver { stream })
+}
+
+/// The writing half of a connection.
+pub struct FrameSender {
+    sink: SplitSink<Socket, Message>,
+}
+
+impl FrameSender {
+    pub async fn send_text(&mut self, text: impl Into<Utf8Bytes>) -> Result<(), ClientError> {
+        self.sink.send(Message::Text(text.into())).await?;
+        Ok(())
+    }
+
+    pub async fn close(mut self) -> Result<(), ClientError> {
+        self.sink.close().await?;
+        Ok(())
+    }
+}
+
+/// The reading half of a connection.
+pub struct FrameReceiver {
+    stream: SplitStream<Socket>,
+}
+
+impl FrameReceiver {
+    /// The next text frame, without copying it. A close becomes [`ClientError::Closed`].
+    pub async fn next_text(&mut self) -> Result<Utf8Bytes, ClientError> {
+        loop {
+            match self.stream.next().await {
+                Some(Ok(Message::Text(text))) => return Ok(text),
+                Some(Ok(Message::Close(frame))) => return Err(closed(frame)),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Err(e.into()),
+                None => return Err(dropped()),
+            }
+        }
+    }
+}
+
+fn closed(frame: Option<tungstenite::protocol::CloseFrame>) -> ClientError {
+    let (code, reason) = frame
+        .map(|f| (u16::from(f.code), f.reason.as_str().to_owned()))
+        .unwrap_or((u16::from(CloseCode::Status), String::new()));
+    ClientError::Closed { code, reason }
+}
+
+fn dropped() -> ClientError {
+    ClientError::Closed {
+        code: 1006,
+        reason: "connection dropped".into(),
+    }
 }
 
 async fn next_text(socket: &mut Socket) -> Result<String, ClientError> {
     loop {
         match socket.next().await {
             Some(Ok(Message::Text(text))) => return Ok(text.as_str().to_owned()),
-            Some(Ok(Message::Close(frame))) => {
-                let (code, reason) = frame
-                    .map(|f| (u16::from(f.code), f.reason.as_str().to_owned()))
-                    .unwrap_or((u16::from(CloseCode::Status), String::new()));
-                return Err(ClientError::Closed { code, reason });
-            }
+            Some(Ok(Message::Close(frame))) => return Err(closed(frame)),
             Some(Ok(_)) => continue,
             Some(Err(e)) => return Err(e.into()),
-            None => {
-                return Err(ClientError::Closed {
-                    code: 1006,
-                    reason: "connection dropped".into(),
-                });
-            }
+            None => return Err(dropped()),
         }
     }
 }

@@ -1,0 +1,223 @@
+//! `bench fanout`: one room, N members, S of them senders at R msgs/s each.
+//!
+//! Senders are paced open-loop by a timer: a sender never waits for deliveries, so a slow server
+//! shows up as latency and a delivery ratio below 1, not as a lower offered rate. Every member
+//! (the senders included) should receive every message.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use clap::Args;
+use serde_json::json;
+use tokio::task::JoinSet;
+use tokio::time::{Instant, MissedTickBehavior};
+
+use super::load::{self, Clock, Counters, PROBE, Protocol, Recorder};
+use super::report::{Latency, Report, progress};
+use super::{Common, target};
+
+#[derive(Args, Debug)]
+pub struct FanoutArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Members of the room.
+    #[arg(long, default_value_t = 100)]
+    pub members: usize,
+    /// How many of the members send.
+    #[arg(long, default_value_t = 10)]
+    pub senders: usize,
+    /// Messages per second per sender.
+    #[arg(long, default_value_t = 10.0)]
+    pub rate: f64,
+    /// Seconds of sending.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Bytes of message text.
+    #[arg(long, default_value_t = 64)]
+    pub payload: usize,
+    /// compat reaches any AWS-sample server; v1 uses a room and acks (DynamoWave only).
+    #[arg(long, value_enum, default_value_t = Protocol::Compat)]
+    pub protocol: Protocol,
+    /// Room for v1 (compat servers have one broadcast room).
+    #[arg(long, default_value = "bench")]
+    pub room: String,
+    /// Handshakes in flight while connecting.
+    #[arg(long, default_value_t = 128)]
+    pub concurrency: usize,
+    /// Seconds to wait for stragglers after the last send.
+    #[arg(long, default_value_t = 5.0)]
+    pub drain: f64,
+}
+
+pub async fn run(a: FanoutArgs) -> anyhow::Result<Report> {
+    target::check(&a.common.url, a.common.allow_remote)?;
+    anyhow::ensure!(
+        a.senders >= 1 && a.senders <= a.members,
+        "--senders must be 1 to --members"
+    );
+    anyhow::ensure!(
+        a.rate > 0.0 && a.duration > 0.0,
+        "--rate and --duration must be positive"
+    );
+    let params = json!({
+        "members": a.members, "senders": a.senders, "rate": a.rate, "duration": a.duration,
+        "payload": a.payload, "protocol": format!("{:?}", a.protocol).to_lowercase(),
+    });
+    let bar = progress(a.common.json);
+    bar.set_message("connecting");
+    let room = a.room.clone();
+    let (conns, connect_failures) = load::connect_many(
+        &a.common.url,
+        a.members,
+        a.concurrency,
+        a.protocol,
+        |_| Some(room.clone()),
+        |n| bar.set_message(format!("connecting {n}/{}", a.members)),
+    )
+    .await;
+    anyhow::ensure!(
+        conns.len() >= a.senders,
+        "only {} of {} members connected",
+        conns.len(),
+        a.members
+    );
+
+    let clock = Clock::start();
+    let counters = Arc::new(Counters::default());
+    let recorder = Arc::new(Recorder::new());
+    let probed = Arc::new(AtomicUsize::new(0));
+    let members = conns.len();
+    let mut readers = JoinSet::new();
+    let mut senders = Vec::new();
+    for (n, (_, conn)) in conns.into_iter().enumerate() {
+        let (counters, recorder, probed) = (counters.clone(), recorder.clone(), probed.clone());
+        let mut rx = conn.rx;
+        readers.spawn(async move {
+            let mut saw_probe = false;
+            loop {
+                let text = match rx.next_text().await {
+                    Ok(text) => text,
+                    Err(_) => {
+                        counters.errors.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
+                };
+                let now = clock.micros();
+                if let Some(sent_at) = load::stamp_micros(text.as_str()) {
+                    recorder.record(n, now.saturating_sub(sent_at));
+                    counters.delivered_at(now);
+                } else if !saw_probe && text.as_str().contains(PROBE) {
+                    saw_probe = true;
+                    probed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+        if n < a.senders {
+            senders.push(conn.tx);
+        }
+    }
+
+    // Warm up: every member must see a probe before the measured phase, so a server that
+    // registers members asynchronously is not blamed for messages sent before it finished.
+    bar.set_message("warming up");
+    let warmup_deadline = Instant::now() + Duration::from_secs(30);
+    while probed.load(Ordering::Relaxed) < members && Instant::now() < warmup_deadline {
+        let frame = load::send_frame(a.protocol, &a.room, PROBE, None);
+        senders[0].send_text(frame).await?;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    anyhow::ensure!(
+        probed.load(Ordering::Relaxed) == members,
+        "only {} of {members} members received the warm-up probe",
+        probed.load(Ordering::Relaxed)
+    );
+
+    let started = clock.micros();
+    let period = Duration::from_secs_f64(1.0 / a.rate);
+    let per_sender = (a.rate * a.duration).round() as u64;
+    let mut sending = JoinSet::new();
+    for (s, mut tx) in senders.into_iter().enumerate() {
+        let (counters, protocol, room, payload) =
+            (counters.clone(), a.protocol, a.room.clone(), a.payload);
+        // Spread the senders over one period instead of firing together.
+        let offset = period.mul_f64(s as f64 / a.senders as f64);
+        sending.spawn(async move {
+            let mut tick = tokio::time::interval_at(Instant::now() + offset, period);
+            tick.set_missed_tick_behavior(MissedTickBehavior::Burst);
+            for seq in 0..per_sender {
+                tick.tick().await;
+                let data = load::stamp(s, seq, clock.micros(), payload);
+                if tx
+                    .send_text(load::send_frame(protocol, &room, &data, None))
+                    .await
+                    .is_err()
+                {
+                    counters.errors.fetch_add(1, Ordering::Relaxed);
+                    break;
+                }
+                counters.sent.fetch_add(1, Ordering::Relaxed);
+            }
+            tx
+        });
+    }
+    let progress_task = {
+        let (bar, counters) = (bar.clone(), counters.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                bar.set_message(format!(
+                    "sent {}  delivered {}",
+                    Counters::get(&counters.sent),
+                    Counters::get(&counters.delivered)
+                ));
+            }
+        })
+    };
+    let senders: Vec<_> = sending.join_all().await;
+    let sent = Counters::get(&counters.sent);
+    let expected = sent * members as u64;
+    wait_for_deliveries(&counters, expected, Duration::from_secs_f64(a.drain)).await;
+    progress_task.abort();
+    bar.finish_and_clear();
+
+    let delivered = Counters::get(&counters.delivered).min(expected);
+    let window =
+        (Counters::get(&counters.last_delivery).saturating_sub(started)).max(1) as f64 / 1e6;
+    let latency = Latency::of(&recorder.merged());
+    readers.abort_all();
+    drop(senders);
+    Ok(Report {
+        scenario: "fanout",
+        url: a.common.url.clone(),
+        params,
+        connections: members as u64,
+        connect_failures,
+        errors: Counters::get(&counters.errors),
+        sent,
+        expected,
+        delivered,
+        delivery_ratio: Report::ratio(delivered, expected),
+        deliveries_per_sec: delivered as f64 / window,
+        latency_us: latency,
+        elapsed_s: clock.micros() as f64 / 1e6,
+        json: a.common.json,
+        ..Report::default()
+    })
+}
+
+/// Waits until `expected` deliveries arrived, or until none arrived for `patience`.
+pub async fn wait_for_deliveries(counters: &Counters, expected: u64, patience: Duration) {
+    let mut last = Counters::get(&counters.delivered);
+    let mut quiet_since = Instant::now();
+    while Counters::get(&counters.delivered) < expected {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let now = Counters::get(&counters.delivered);
+        if now != last {
+            last = now;
+            quiet_since = Instant::now();
+        } else if quiet_since.elapsed() >= patience {
+            break;
+        }
+    }
+}
