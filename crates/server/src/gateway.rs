@@ -79,8 +79,9 @@ pub async fn upgrade(
     ws.protocols([SUBPROTOCOL_V1])
         .max_frame_size(config.max_frame_bytes)
         .max_message_size(config.max_message_bytes)
-        // A small read buffer keeps idle connections cheap; it grows for large messages.
-        .read_buffer_size(4 * 1024)
+        // A small read buffer keeps idle connections cheap (it grows for large messages), and
+        // tungstenite zeroes it on every read attempt, once per loop iteration here.
+        .read_buffer_size(1024)
         .on_upgrade(move |socket| serve_connection(socket, state, session))
 }
 
@@ -243,6 +244,10 @@ async fn read_write_loop(
     shutting_down: &mut tokio::sync::watch::Receiver<bool>,
 ) {
     let services = &state.services;
+    // Created once, not per iteration: each creation would register a new waiter.
+    let closed = handle.closed();
+    let stopping = shutting_down.changed();
+    tokio::pin!(closed, stopping);
     loop {
         // A close requested while this task was busy (say, a slow consumer blocked in a write)
         // goes before anything else; select! alone would pick among ready branches at random.
@@ -251,11 +256,11 @@ async fn read_write_loop(
             return;
         }
         tokio::select! {
-            (code, reason) = handle.closed() => {
+            (code, reason) = &mut closed => {
                 close_on_request(session, out, outbound, code, &reason).await;
                 return;
             }
-            _ = shutting_down.changed() => {
+            _ = &mut stopping => {
                 if drain(session, out, outbound).await.is_ok() {
                     out.close(close_code::GOING_AWAY, "server shutting down").await;
                 }

@@ -8,7 +8,7 @@
 //! blocks or grows without bound.
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use axum::extract::ws::Utf8Bytes;
@@ -60,6 +60,9 @@ pub struct ConnectionHandle {
     pub last_active: Arc<AtomicU64>,
     queue: mpsc::Sender<Outgoing>,
     close: Notify,
+    /// Set with `close_reason`; read on every loop iteration of the connection task, so it
+    /// must not take the lock.
+    close_pending: AtomicBool,
     close_reason: Mutex<Option<(u16, String)>>,
 }
 
@@ -77,6 +80,7 @@ impl ConnectionHandle {
             last_active: session.last_active.clone(),
             queue,
             close: Notify::new(),
+            close_pending: AtomicBool::new(false),
             close_reason: Mutex::new(None),
         }
     }
@@ -105,12 +109,16 @@ impl ConnectionHandle {
         let mut slot = self.close_reason.lock().unwrap_or_else(|e| e.into_inner());
         if slot.is_none() {
             *slot = Some((code, reason.into()));
+            self.close_pending.store(true, Ordering::Release);
             self.close.notify_one();
         }
     }
 
     /// The pending close request, if any.
     pub fn close_requested(&self) -> Option<(u16, String)> {
+        if !self.close_pending.load(Ordering::Acquire) {
+            return None;
+        }
         self.close_reason
             .lock()
             .unwrap_or_else(|e| e.into_inner())
