@@ -34,7 +34,7 @@ pub struct Appended {
 /// - appending `(room, user, id)` again returns the first commit with `duplicate: true` and
 ///   stores nothing;
 /// - every newly committed message is passed to the [`CommitListener`] exactly once, after the
-///   commit, in seq order per room;
+///   commit and before `append` returns, in seq order per room;
 /// - a failed append stores nothing and is safe to retry.
 #[async_trait]
 pub trait MessageLog: Send + Sync + 'static {

@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::thread;
 
 use async_trait::async_trait;
@@ -83,6 +83,9 @@ enum Command {
 pub struct SqliteStore {
     writer: mpsc::Sender<Command>,
     readers: Arc<ReaderPool>,
+    /// Committed heads of the rooms seen since start, so `head` (every join, history and
+    /// members request) rarely needs a read. The writer updates it after each commit.
+    heads: Arc<RwLock<HashMap<RoomId, u64>>>,
     writer_thread: Mutex<Option<thread::JoinHandle<()>>>,
     // Held for the store's life: the OS lock on `LOCK` keeps other processes out.
     _lock: File,
@@ -101,12 +104,15 @@ impl SqliteStore {
         let conn = open_writer(&path).map_err(|e| OpenError::Sqlite(path.clone(), e))?;
 
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        let heads = Arc::new(RwLock::new(HashMap::new()));
+        let committed_heads = heads.clone();
         let writer_thread = thread::Builder::new()
             .name("dynamowave-sqlite-writer".into())
             .spawn(move || {
                 Writer {
                     conn,
                     heads: HashMap::new(),
+                    committed_heads,
                     listener,
                 }
                 .run(rx)
@@ -114,6 +120,7 @@ impl SqliteStore {
             .map_err(|e| OpenError::Io(path.clone(), e))?;
         Ok(SqliteStore {
             writer: tx,
+            heads,
             readers: Arc::new(ReaderPool {
                 path,
                 idle: Mutex::new(Vec::new()),
@@ -235,8 +242,10 @@ impl ReaderPool {
 /// The writer thread's state.
 struct Writer {
     conn: Connection,
-    /// Last committed seq per room, so appends need no read of `rooms`.
+    /// Last seq per room as this writer's transactions see it, so appends need no read of
+    /// `rooms`. Ahead of `committed_heads` while a batch is open.
     heads: HashMap<RoomId, u64>,
+    committed_heads: Arc<RwLock<HashMap<RoomId, u64>>>,
     listener: Arc<dyn CommitListener>,
 }
 
@@ -305,7 +314,7 @@ impl Writer {
                     pending.push(Pending::Append(reply, result));
                 }
                 Command::CreateRoom(room, reply) => {
-                    let result = create_room(&tx, &mut self.heads, &room, ts);
+                    let result = create_room(&tx, &mut self.heads, &mut touched, &room, ts);
                     pending.push(Pending::Seq(reply, result));
                 }
                 Command::InsertConnection(r, reply) => {
@@ -376,11 +385,18 @@ impl Writer {
         let outcome = save_heads(&tx, &touched, ts).and_then(|()| tx.commit());
         match outcome {
             Ok(()) => {
-                for p in pending {
-                    p.answer(None);
+                // Heads, then the fan-out, then the callers: once `append` returns, `head`
+                // shows the message and it is queued to every member (the port's contract).
+                let mut heads = self.committed_heads.write().unwrap_or_else(|e| e.into_inner());
+                for (room, seq) in touched {
+                    heads.insert(room, seq);
                 }
+                drop(heads);
                 if !committed.is_empty() {
                     self.listener.committed(&committed);
+                }
+                for p in pending {
+                    p.answer(None);
                 }
             }
             Err(e) => {
@@ -530,6 +546,7 @@ fn append(
 fn create_room(
     tx: &Transaction<'_>,
     heads: &mut HashMap<RoomId, u64>,
+    touched: &mut HashMap<RoomId, u64>,
     room: &RoomId,
     ts: u64,
 ) -> Result<Seq, StoreError> {
@@ -540,6 +557,7 @@ fn create_room(
         .and_then(|mut s| s.execute(params![room.as_str(), ts as i64]))
         .map_err(backend)?;
     heads.insert(room.clone(), 0);
+    touched.insert(room.clone(), 0);
     Ok(Seq::ZERO)
 }
 
@@ -584,14 +602,22 @@ impl MessageLog for SqliteStore {
     }
 
     async fn head(&self, room: &RoomId) -> Result<Option<Seq>, StoreError> {
-        let room = room.clone();
-        self.read(move |c| {
-            c.prepare_cached("SELECT last_seq FROM rooms WHERE room = ?1")?
-                .query_row([room.as_str()], |r| r.get::<_, i64>(0))
-                .optional()
-                .map(|s| s.map(|s| Seq(s as u64)))
-        })
-        .await
+        if let Some(&seq) = self.heads.read().unwrap_or_else(|e| e.into_inner()).get(room) {
+            return Ok(Some(Seq(seq)));
+        }
+        let key = room.clone();
+        let stored = self
+            .read(move |c| {
+                c.prepare_cached("SELECT last_seq FROM rooms WHERE room = ?1")?
+                    .query_row([key.as_str()], |r| r.get::<_, i64>(0))
+                    .optional()
+            })
+            .await?;
+        let Some(stored) = stored else { return Ok(None) };
+        // The writer may have committed more since the read: never move a head backwards.
+        let mut heads = self.heads.write().unwrap_or_else(|e| e.into_inner());
+        let head = heads.entry(room.clone()).or_insert(stored as u64);
+        Ok(Some(Seq(*head)))
     }
 
     async fn read(&self, room: &RoomId, query: HistoryQuery) -> Result<Page, StoreError> {
