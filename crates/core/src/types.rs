@@ -21,9 +21,24 @@ pub const MAX_MESSAGE_ID_LEN: usize = 128;
 
 /// A room name matching `[A-Za-z0-9_.-]{1,64}`: safe as a JetStream subject token, a DynamoDB
 /// key and a URL path segment without escaping.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Eq, PartialOrd, Ord, Serialize)]
 #[serde(transparent)]
 pub struct RoomId(Arc<str>);
+
+/// Rooms are compared for every delivery (is the connection still in it?); ids that share their
+/// allocation, like every use of the default room, compare without reading the names.
+impl PartialEq for RoomId {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || self.0 == other.0
+    }
+}
+
+// Hashes the name, as the derived impl would: equal ids have equal names.
+impl std::hash::Hash for RoomId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+    }
+}
 
 impl RoomId {
     pub fn parse(name: &str) -> Result<Self, ChatError> {
@@ -40,8 +55,11 @@ impl RoomId {
         }
     }
 
+    /// The default room; every call shares one allocation.
     pub fn default_room() -> Self {
-        RoomId(DEFAULT_ROOM.into())
+        static DEFAULT: std::sync::LazyLock<RoomId> =
+            std::sync::LazyLock::new(|| RoomId(DEFAULT_ROOM.into()));
+        DEFAULT.clone()
     }
 
     pub fn as_str(&self) -> &str {

@@ -387,7 +387,10 @@ impl Writer {
             Ok(()) => {
                 // Heads, then the fan-out, then the callers: once `append` returns, `head`
                 // shows the message and it is queued to every member (the port's contract).
-                let mut heads = self.committed_heads.write().unwrap_or_else(|e| e.into_inner());
+                let mut heads = self
+                    .committed_heads
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner());
                 for (room, seq) in touched {
                     heads.insert(room, seq);
                 }
@@ -602,7 +605,12 @@ impl MessageLog for SqliteStore {
     }
 
     async fn head(&self, room: &RoomId) -> Result<Option<Seq>, StoreError> {
-        if let Some(&seq) = self.heads.read().unwrap_or_else(|e| e.into_inner()).get(room) {
+        if let Some(&seq) = self
+            .heads
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(room)
+        {
             return Ok(Some(Seq(seq)));
         }
         let key = room.clone();
@@ -613,7 +621,9 @@ impl MessageLog for SqliteStore {
                     .optional()
             })
             .await?;
-        let Some(stored) = stored else { return Ok(None) };
+        let Some(stored) = stored else {
+            return Ok(None);
+        };
         // The writer may have committed more since the read: never move a head backwards.
         let mut heads = self.heads.write().unwrap_or_else(|e| e.into_inner());
         let head = heads.entry(room.clone()).or_insert(stored as u64);
