@@ -7,6 +7,8 @@
 //!   after the server's `connected` frame; the `send_*`/`join`/... methods write one frame;
 //!   [`Client::next`] reads the next [`ServerFrame`].
 //! - [`CompatClient`]: a connection without subprotocol, exactly what `wscat` does.
+//! - [`FrameSender`] / [`FrameReceiver`]: either client split in two, to write from one task and
+//!   read from another without copying frames (the load generator).
 //! - [`ClientError`]: what can go wrong, with the close code when the server closed.
 
 use std::time::Duration;
