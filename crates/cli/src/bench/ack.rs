@@ -6,15 +6,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use super::load::{self, Counters, Protocol, Run};
+use super::report::{Report, progress};
+use super::{Common, target};
 use clap::Args;
 use serde_json::json;
 use tokio::task::JoinSet;
-use tokio::time::{Instant, MissedTickBehavior};
-
-use super::fanout::wait_for_deliveries;
-use super::load::{self, Clock, Counters, Protocol, Recorder};
-use super::report::{Latency, Report, progress};
-use super::{Common, target};
 
 #[derive(Args, Debug)]
 pub struct AckArgs {
@@ -55,83 +52,69 @@ pub async fn run(a: AckArgs) -> anyhow::Result<Report> {
         |n| bar.set_message(format!("connecting {n}/{}", a.senders)),
     )
     .await;
-    let clock = Clock::start();
-    let counters = Arc::new(Counters::default());
-    let recorder = Arc::new(Recorder::new());
+    let run = Run::new();
     let per_sender = (a.rate * a.duration).round() as usize;
     let period = Duration::from_secs_f64(1.0 / a.rate);
-    let started = clock.micros();
+    let started = run.clock.micros();
     let mut readers = JoinSet::new();
     let mut sending = JoinSet::new();
     let senders = conns.len();
     for (n, (i, conn)) in conns.into_iter().enumerate() {
+        // Send times by message id (= seq), shared by this sender's writer and reader.
         let sent_at: Arc<Vec<AtomicU64>> =
             Arc::new((0..per_sender).map(|_| AtomicU64::new(0)).collect());
-        let (counters_r, recorder, sent_at_r) =
-            (counters.clone(), recorder.clone(), sent_at.clone());
+        let (reader_run, reader_sent_at) = (run.clone(), sent_at.clone());
         let mut rx = conn.rx;
         readers.spawn(async move {
             while let Ok(text) = rx.next_text().await {
                 let text = text.as_str();
-                if let Some(id) = acked_id(text) {
-                    let now = clock.micros();
-                    if let Some(at) = sent_at_r.get(id as usize) {
-                        recorder.record(n, now.saturating_sub(at.load(Ordering::Relaxed)));
-                        counters_r.delivered_at(now);
-                    }
+                if let Some(at) = acked_id(text).and_then(|id| reader_sent_at.get(id as usize)) {
+                    let now = reader_run.clock.micros();
+                    reader_run
+                        .recorder
+                        .record(n, now.saturating_sub(at.load(Ordering::Relaxed)));
+                    reader_run.counters.delivered_at(now);
                 } else if text.starts_with(r#"{"type":"error""#) {
-                    counters_r.errors.fetch_add(1, Ordering::Relaxed);
+                    reader_run.error();
                 }
             }
         });
-        let (counters, payload, room) = (counters.clone(), a.payload, format!("ack-{i}"));
+        let (run, payload, room) = (run.clone(), a.payload, format!("ack-{i}"));
         let mut tx = conn.tx;
-        let offset = period.mul_f64(n as f64 / senders.max(1) as f64);
+        let mut tick = load::pacer(period, period.mul_f64(n as f64 / senders.max(1) as f64));
         sending.spawn(async move {
-            let mut tick = tokio::time::interval_at(Instant::now() + offset, period);
-            tick.set_missed_tick_behavior(MissedTickBehavior::Burst);
-            for seq in 0..per_sender {
+            for (seq, sent_at) in sent_at.iter().enumerate() {
                 tick.tick().await;
-                let now = clock.micros();
-                sent_at[seq].store(now, Ordering::Relaxed);
+                let now = run.clock.micros();
+                sent_at.store(now, Ordering::Relaxed);
                 let data = load::stamp(n, seq as u64, now, payload);
                 let frame = load::send_frame(Protocol::V1, &room, &data, Some(&seq.to_string()));
                 if tx.send_text(frame).await.is_err() {
-                    counters.errors.fetch_add(1, Ordering::Relaxed);
+                    run.error();
                     break;
                 }
-                counters.sent.fetch_add(1, Ordering::Relaxed);
+                run.counters.sent.fetch_add(1, Ordering::Relaxed);
             }
             tx
         });
     }
     bar.set_message("sending");
     let senders_tx = sending.join_all().await;
-    let sent = Counters::get(&counters.sent);
-    wait_for_deliveries(&counters, sent, Duration::from_secs(5)).await;
+    let sent = Counters::get(&run.counters.sent);
+    run.wait_for(sent, Duration::from_secs(5)).await;
     bar.finish_and_clear();
     readers.abort_all();
     drop(senders_tx);
-    let acked = Counters::get(&counters.delivered).min(sent);
-    let window =
-        (Counters::get(&counters.last_delivery).saturating_sub(started)).max(1) as f64 / 1e6;
-    Ok(Report {
-        scenario: "ack",
-        url: a.common.url.clone(),
-        params: json!({ "senders": a.senders, "rate": a.rate, "duration": a.duration, "payload": a.payload }),
-        connections: senders as u64,
-        connect_failures,
-        errors: Counters::get(&counters.errors),
+    let params = json!({ "senders": a.senders, "rate": a.rate, "duration": a.duration, "payload": a.payload });
+    Ok(Report::of_deliveries(
+        "ack",
+        &a.common,
+        params,
+        (senders, connect_failures),
+        &run,
+        started,
         sent,
-        expected: sent,
-        delivered: acked,
-        delivery_ratio: Report::ratio(acked, sent),
-        deliveries_per_sec: acked as f64 / window,
-        latency_us: Latency::of(&recorder.merged()),
-        elapsed_s: clock.micros() as f64 / 1e6,
-        json: a.common.json,
-        ..Report::default()
-    })
+    ))
 }
 
 #[cfg(test)]

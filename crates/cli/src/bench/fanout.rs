@@ -11,10 +11,10 @@ use std::time::Duration;
 use clap::Args;
 use serde_json::json;
 use tokio::task::JoinSet;
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::Instant;
 
-use super::load::{self, Clock, Counters, PROBE, Protocol, Recorder};
-use super::report::{Latency, Report, progress};
+use super::load::{self, Counters, PROBE, Protocol, Run};
+use super::report::{Report, progress};
 use super::{Common, target};
 
 #[derive(Args, Debug)]
@@ -83,31 +83,22 @@ pub async fn run(a: FanoutArgs) -> anyhow::Result<Report> {
         a.members
     );
 
-    let clock = Clock::start();
-    let counters = Arc::new(Counters::default());
-    let recorder = Arc::new(Recorder::new());
+    let run = Run::new();
     let probed = Arc::new(AtomicUsize::new(0));
     let members = conns.len();
     let mut readers = JoinSet::new();
     let mut senders = Vec::new();
     for (n, (_, conn)) in conns.into_iter().enumerate() {
-        let (counters, recorder, probed) = (counters.clone(), recorder.clone(), probed.clone());
+        let (run, probed) = (run.clone(), probed.clone());
         let mut rx = conn.rx;
         readers.spawn(async move {
             let mut saw_probe = false;
             loop {
-                let text = match rx.next_text().await {
-                    Ok(text) => text,
-                    Err(_) => {
-                        counters.errors.fetch_add(1, Ordering::Relaxed);
-                        return;
-                    }
+                let Ok(text) = rx.next_text().await else {
+                    run.error();
+                    return;
                 };
-                let now = clock.micros();
-                if let Some(sent_at) = load::stamp_micros(text.as_str()) {
-                    recorder.record(n, now.saturating_sub(sent_at));
-                    counters.delivered_at(now);
-                } else if !saw_probe && text.as_str().contains(PROBE) {
+                if !run.delivered(n, text.as_str()) && !saw_probe && text.as_str().contains(PROBE) {
                     saw_probe = true;
                     probed.fetch_add(1, Ordering::Relaxed);
                 }
@@ -133,36 +124,33 @@ pub async fn run(a: FanoutArgs) -> anyhow::Result<Report> {
         probed.load(Ordering::Relaxed)
     );
 
-    let started = clock.micros();
+    let started = run.clock.micros();
     let period = Duration::from_secs_f64(1.0 / a.rate);
     let per_sender = (a.rate * a.duration).round() as u64;
     let mut sending = JoinSet::new();
     for (s, mut tx) in senders.into_iter().enumerate() {
-        let (counters, protocol, room, payload) =
-            (counters.clone(), a.protocol, a.room.clone(), a.payload);
+        let (run, protocol, room, payload) = (run.clone(), a.protocol, a.room.clone(), a.payload);
         // Spread the senders over one period instead of firing together.
-        let offset = period.mul_f64(s as f64 / a.senders as f64);
+        let mut tick = load::pacer(period, period.mul_f64(s as f64 / a.senders as f64));
         sending.spawn(async move {
-            let mut tick = tokio::time::interval_at(Instant::now() + offset, period);
-            tick.set_missed_tick_behavior(MissedTickBehavior::Burst);
             for seq in 0..per_sender {
                 tick.tick().await;
-                let data = load::stamp(s, seq, clock.micros(), payload);
+                let data = load::stamp(s, seq, run.clock.micros(), payload);
                 if tx
                     .send_text(load::send_frame(protocol, &room, &data, None))
                     .await
                     .is_err()
                 {
-                    counters.errors.fetch_add(1, Ordering::Relaxed);
+                    run.error();
                     break;
                 }
-                counters.sent.fetch_add(1, Ordering::Relaxed);
+                run.counters.sent.fetch_add(1, Ordering::Relaxed);
             }
             tx
         });
     }
     let progress_task = {
-        let (bar, counters) = (bar.clone(), counters.clone());
+        let (bar, counters) = (bar.clone(), run.counters.clone());
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_millis(250)).await;
@@ -175,49 +163,21 @@ pub async fn run(a: FanoutArgs) -> anyhow::Result<Report> {
         })
     };
     let senders: Vec<_> = sending.join_all().await;
-    let sent = Counters::get(&counters.sent);
-    let expected = sent * members as u64;
-    wait_for_deliveries(&counters, expected, Duration::from_secs_f64(a.drain)).await;
+    let expected = Counters::get(&run.counters.sent) * members as u64;
+    run.wait_for(expected, Duration::from_secs_f64(a.drain))
+        .await;
     progress_task.abort();
     bar.finish_and_clear();
-
-    let delivered = Counters::get(&counters.delivered).min(expected);
-    let window =
-        (Counters::get(&counters.last_delivery).saturating_sub(started)).max(1) as f64 / 1e6;
-    let latency = Latency::of(&recorder.merged());
     readers.abort_all();
     drop(senders);
-    Ok(Report {
-        scenario: "fanout",
-        url: a.common.url.clone(),
+    let connections = (members, connect_failures);
+    Ok(Report::of_deliveries(
+        "fanout",
+        &a.common,
         params,
-        connections: members as u64,
-        connect_failures,
-        errors: Counters::get(&counters.errors),
-        sent,
+        connections,
+        &run,
+        started,
         expected,
-        delivered,
-        delivery_ratio: Report::ratio(delivered, expected),
-        deliveries_per_sec: delivered as f64 / window,
-        latency_us: latency,
-        elapsed_s: clock.micros() as f64 / 1e6,
-        json: a.common.json,
-        ..Report::default()
-    })
-}
-
-/// Waits until `expected` deliveries arrived, or until none arrived for `patience`.
-pub async fn wait_for_deliveries(counters: &Counters, expected: u64, patience: Duration) {
-    let mut last = Counters::get(&counters.delivered);
-    let mut quiet_since = Instant::now();
-    while Counters::get(&counters.delivered) < expected {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        let now = Counters::get(&counters.delivered);
-        if now != last {
-            last = now;
-            quiet_since = Instant::now();
-        } else if quiet_since.elapsed() >= patience {
-            break;
-        }
-    }
+    ))
 }

@@ -1,12 +1,11 @@
 //! Shared machinery: the clock, the latency recorder, payload stamps, and connecting many
 //! clients at once.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use dynamowave_client::{ClientError, CompatClient, FrameReceiver, FrameSender};
-use dynamowave_core::protocol::SUBPROTOCOL_V1;
 use futures_util::StreamExt;
 use hdrhistogram::Histogram;
 
@@ -77,6 +76,64 @@ impl Counters {
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
     }
+}
+
+/// What a run that counts deliveries shares between its tasks.
+#[derive(Clone)]
+pub struct Run {
+    pub clock: Clock,
+    pub counters: Arc<Counters>,
+    pub recorder: Arc<Recorder>,
+}
+
+impl Run {
+    pub fn new() -> Self {
+        Run {
+            clock: Clock::start(),
+            counters: Arc::new(Counters::default()),
+            recorder: Arc::new(Recorder::new()),
+        }
+    }
+
+    /// Counts a delivery whose frame carries a send stamp.
+    pub fn delivered(&self, shard: usize, frame: &str) -> bool {
+        let Some(sent_at) = stamp_micros(frame) else {
+            return false;
+        };
+        let now = self.clock.micros();
+        self.recorder.record(shard, now.saturating_sub(sent_at));
+        self.counters.delivered_at(now);
+        true
+    }
+
+    pub fn error(&self) {
+        self.counters.errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Waits until `expected` deliveries arrived, or until none arrived for `patience`.
+    pub async fn wait_for(&self, expected: u64, patience: Duration) {
+        let delivered = || Counters::get(&self.counters.delivered);
+        let mut last = delivered();
+        let mut quiet_since = Instant::now();
+        while delivered() < expected {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let now = delivered();
+            if now != last {
+                last = now;
+                quiet_since = Instant::now();
+            } else if quiet_since.elapsed() >= patience {
+                break;
+            }
+        }
+    }
+}
+
+/// The timer of an open-loop sender: the first tick after `offset`, then one every `period`.
+/// Late ticks fire at once, so a stalled sender catches up and the offered rate holds.
+pub fn pacer(period: Duration, offset: Duration) -> tokio::time::Interval {
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + offset, period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    tick
 }
 
 /// The text a sender puts in `data`: `b:<sender>:<seq>:<micros>:` padded with `x` to `size`.
@@ -162,7 +219,6 @@ pub async fn connect(
             }
         }
     }
-    debug_assert!(SUBPROTOCOL_V1.starts_with("dynamowave"));
     Ok(Conn { tx, rx, handshake })
 }
 

@@ -5,6 +5,9 @@ use std::io::IsTerminal;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use super::Common;
+use super::load::{Counters, Run};
+
 /// Latency percentiles in microseconds.
 #[derive(Serialize, Debug, Clone, Copy)]
 pub struct Latency {
@@ -63,6 +66,42 @@ pub struct Report {
 }
 
 impl Report {
+    /// The report of a run that counted deliveries (or acks) against `expected`, measured from
+    /// `started` (clock micros of the first send). `connections` is (connected, failed).
+    pub fn of_deliveries(
+        scenario: &'static str,
+        common: &Common,
+        params: serde_json::Value,
+        connections: (usize, u64),
+        run: &Run,
+        started: u64,
+        expected: u64,
+    ) -> Report {
+        let counters = &run.counters;
+        let delivered = Counters::get(&counters.delivered).min(expected);
+        let window = Counters::get(&counters.last_delivery)
+            .saturating_sub(started)
+            .max(1) as f64
+            / 1e6;
+        Report {
+            scenario,
+            url: common.url.clone(),
+            params,
+            connections: connections.0 as u64,
+            connect_failures: connections.1,
+            errors: Counters::get(&counters.errors),
+            sent: Counters::get(&counters.sent),
+            expected,
+            delivered,
+            delivery_ratio: Report::ratio(delivered, expected),
+            deliveries_per_sec: delivered as f64 / window,
+            latency_us: Latency::of(&run.recorder.merged()),
+            elapsed_s: run.clock.micros() as f64 / 1e6,
+            json: common.json,
+            ..Report::default()
+        }
+    }
+
     pub fn ratio(delivered: u64, expected: u64) -> f64 {
         if expected == 0 {
             1.0
