@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use crate::config::{ConfigError, ServerConfig};
 use crate::hub::Hub;
 use crate::store::sqlite::{OpenError, SqliteStore};
-use crate::{api, gateway};
+use crate::{api, gateway, web};
 
 /// What every request and connection task shares.
 #[derive(Clone)]
@@ -47,6 +47,7 @@ pub fn router(state: AppState) -> Router {
             get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
         )
         .merge(api::routes(state.clone()))
+        .merge(web::routes())
         .with_state(state)
 }
 

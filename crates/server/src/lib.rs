@@ -13,6 +13,7 @@
 //! - [`api`]: the management API: `/@connections/{id}` as in API Gateway, `/rooms/{room}/...`,
 //!   its admin guard and its JSON errors.
 //! - [`store`]: store adapters; [`store::sqlite`] is the embedded, group-committing store.
+//! - [`web`]: the browser chat page at `/`, embedded in the binary (`web/`).
 
 pub mod api;
 pub mod app;
@@ -20,6 +21,7 @@ pub mod config;
 pub mod gateway;
 pub mod hub;
 pub mod store;
+pub mod web;
 
 pub use app::{AppState, Server, ServerError, router, run};
 pub use config::ServerConfig;
