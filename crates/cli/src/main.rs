@@ -6,9 +6,11 @@
 //! - `main.rs`: argument parsing and logging setup, nothing else.
 //! - `serve.rs`: `dynamowave serve`: merges flags, environment and the TOML file into a
 //!   `ServerConfig`, binds, and runs the server until SIGINT/SIGTERM.
+//! - `chat.rs`: `dynamowave chat`, the terminal client.
 //! - `bench/`: `dynamowave bench`, the load generator, one file per scenario.
 
 mod bench;
+mod chat;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -28,6 +30,8 @@ struct Cli {
 enum Command {
     /// Run the chat server (the default).
     Serve(serve::ServeArgs),
+    /// Chat in a terminal (or from a script, reading lines from stdin).
+    Chat(chat::ChatArgs),
     /// Measure a server: throughput, delivery ratio, latency, connects, memory.
     Bench(bench::BenchArgs),
 }
@@ -47,6 +51,7 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     match cli.command {
         Some(Command::Serve(args)) => runtime.block_on(serve::run(args)),
+        Some(Command::Chat(args)) => runtime.block_on(chat::run(args)),
         Some(Command::Bench(args)) => runtime.block_on(bench::run(args)),
         None => runtime.block_on(serve::run(serve::ServeArgs::from_env())),
     }
