@@ -26,3 +26,6 @@ cargo test --workspace
 step "two wscat users chat as in the AWS tutorial"
 cargo build --quiet -p dynamowave
 scripts/wscat-chat.sh target/debug/dynamowave
+
+step "the chat page in a real browser (headless Chromium)"
+scripts/browser-tests.sh
