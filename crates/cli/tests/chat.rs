@@ -142,11 +142,7 @@ fn send_receive_and_history_through_a_pipe() {
 #[test]
 fn a_restart_loses_nothing_and_repeats_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let port = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        probe.local_addr().unwrap().port().to_string()
-    };
-    let listen = format!("127.0.0.1:{port}");
+    let listen = common::free_listen_addr();
     let server = ServerProcess::start(dir.path(), &["--listen", &listen], &[]);
     let url = format!("ws://{listen}/ws");
 

@@ -95,3 +95,10 @@ pub fn connection_rows(data_dir: &Path) -> i64 {
     conn.query_row("SELECT count(*) FROM connections", [], |r| r.get(0))
         .unwrap()
 }
+
+/// A loopback address with a port that was free a moment ago, for a server that must come back
+/// on the same port after a restart.
+pub fn free_listen_addr() -> String {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    probe.local_addr().unwrap().to_string()
+}
