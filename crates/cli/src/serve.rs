@@ -38,6 +38,15 @@ pub struct ServeArgs {
     /// Milliseconds graceful shutdown waits for connections to close [default: 10000].
     #[arg(long, env = "DYNAMOWAVE_SHUTDOWN_GRACE_MS")]
     pub shutdown_grace_ms: Option<u64>,
+    /// Milliseconds of silence before the server pings a connection [default: 30000].
+    #[arg(long, env = "DYNAMOWAVE_PING_INTERVAL_MS")]
+    pub ping_interval_ms: Option<u64>,
+    /// Milliseconds of silence (pings unanswered) before a connection is closed [default: 600000].
+    #[arg(long, env = "DYNAMOWAVE_IDLE_TIMEOUT_MS")]
+    pub idle_timeout_ms: Option<u64>,
+    /// Longest a connection may last, in milliseconds; 0 is no limit [default: 0].
+    #[arg(long, env = "DYNAMOWAVE_MAX_CONNECTION_MS")]
+    pub max_connection_ms: Option<u64>,
 }
 
 /// Parses only the environment, for a bare `dynamowave` (no subcommand).
@@ -67,7 +76,10 @@ impl ServeArgs {
             max_message_bytes,
             outbound_queue,
             write_timeout_ms,
-            shutdown_grace_ms
+            shutdown_grace_ms,
+            ping_interval_ms,
+            idle_timeout_ms,
+            max_connection_ms
         );
         if self.admin_token.is_some() {
             c.admin_token = self.admin_token;

@@ -27,6 +27,12 @@ pub struct ServerConfig {
     pub write_timeout_ms: u64,
     /// How long graceful shutdown waits for connections to close.
     pub shutdown_grace_ms: u64,
+    /// A connection silent this long gets a WebSocket ping (any frame, pongs too, counts).
+    pub ping_interval_ms: u64,
+    /// A connection silent this long, pings unanswered, is closed with 1001 (API Gateway: 10 min).
+    pub idle_timeout_ms: u64,
+    /// Closes every connection with 1001 after this long, however active; 0 is off.
+    pub max_connection_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -40,6 +46,9 @@ impl Default for ServerConfig {
             outbound_queue: 1024,
             write_timeout_ms: 10_000,
             shutdown_grace_ms: 10_000,
+            ping_interval_ms: 30_000,
+            idle_timeout_ms: 600_000,
+            max_connection_ms: 0,
         }
     }
 }
@@ -56,6 +65,10 @@ impl ServerConfig {
         Duration::from_millis(self.write_timeout_ms)
     }
 
+    pub fn ping_interval(&self) -> Duration {
+        Duration::from_millis(self.ping_interval_ms)
+    }
+
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_millis(self.shutdown_grace_ms)
     }
@@ -68,6 +81,9 @@ impl ServerConfig {
         }
         if self.max_message_bytes < self.max_frame_bytes {
             return bad("max-message-bytes must be at least max-frame-bytes");
+        }
+        if self.ping_interval_ms == 0 || self.ping_interval_ms > self.idle_timeout_ms {
+            return bad("ping-interval-ms must be between 1 and idle-timeout-ms");
         }
         if self.outbound_queue == 0 {
             return bad("outbound-queue must be at least 1");

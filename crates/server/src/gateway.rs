@@ -11,6 +11,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -22,6 +23,7 @@ use dynamowave_core::error::close_code;
 use dynamowave_core::handlers::{HandlerError, Session, connect, disconnect, dispatch, send_error};
 use dynamowave_core::ports::{Disconnected, Outbox};
 use dynamowave_core::protocol::{Identity, Mode, SUBPROTOCOL_V1};
+use dynamowave_core::types::now_ms;
 use dynamowave_core::{ChatError, ConnectionId, UserName};
 use futures_util::SinkExt;
 use tokio::sync::mpsc;
@@ -102,6 +104,18 @@ impl SocketOutbox {
 
     async fn flush(&mut self) -> Result<(), Disconnected> {
         match tokio::time::timeout(self.write_timeout, self.socket.flush()).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(Disconnected),
+        }
+    }
+
+    async fn ping(&mut self) -> Result<(), Disconnected> {
+        match tokio::time::timeout(
+            self.write_timeout,
+            self.socket.send(Message::Ping(Default::default())),
+        )
+        .await
+        {
             Ok(Ok(())) => Ok(()),
             _ => Err(Disconnected),
         }
@@ -247,7 +261,14 @@ async fn read_write_loop(
     // Created once, not per iteration: each creation would register a new waiter.
     let closed = handle.closed();
     let stopping = shutting_down.changed();
-    tokio::pin!(closed, stopping);
+    let config = &state.config;
+    let max_age = tokio::time::sleep(Duration::from_millis(config.max_connection_ms));
+    tokio::pin!(closed, stopping, max_age);
+    let mut keepalive = tokio::time::interval_at(
+        tokio::time::Instant::now() + config.ping_interval(),
+        config.ping_interval(),
+    );
+    keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         // A close requested while this task was busy (say, a slow consumer blocked in a write)
         // goes before anything else; select! alone would pick among ready branches at random.
@@ -259,6 +280,23 @@ async fn read_write_loop(
             (code, reason) = &mut closed => {
                 close_on_request(session, out, outbound, code, &reason).await;
                 return;
+            }
+            _ = &mut max_age, if config.max_connection_ms > 0 => {
+                close_on_request(session, out, outbound, close_code::GOING_AWAY, "maximum connection duration reached; reconnect").await;
+                return;
+            }
+            _ = keepalive.tick() => {
+                // Pongs and any other frame update last_active; a peer that answers nothing
+                // for the idle timeout is gone (or idle as API Gateway counts it) and is closed.
+                let silent_ms = now_ms().saturating_sub(session.last_active.load(Ordering::Relaxed));
+                if silent_ms >= config.idle_timeout_ms {
+                    let reason = format!("idle timeout: nothing received for {} s", silent_ms / 1000);
+                    close_on_request(session, out, outbound, close_code::GOING_AWAY, &reason).await;
+                    return;
+                }
+                if silent_ms >= config.ping_interval_ms / 2 && out.ping().await.is_err() {
+                    return;
+                }
             }
             _ = &mut stopping => {
                 if drain(session, out, outbound).await.is_ok() {
