@@ -14,6 +14,8 @@
 //!   [`ports::RoomMembership`] (the fan-out index) and [`ports::Outbox`] (one socket's writer).
 //! - [`handlers`]: one file per route (`$connect`, `$disconnect`, `sendmessage`, `$default`,
 //!   `join`, `leave`, `history`, `members`) and [`handlers::dispatch`] that routes a text frame.
+//! - [`retry`]: [`retry::RetryingLog`], retries of transient store failures with exponential
+//!   backoff and full jitter, within a bound.
 //! - [`memory`]: in-memory adapters, for unit tests and as the reference the conformance suite is
 //!   written against.
 //! - `conformance` (feature `conformance`): the suite every store adapter must pass.
@@ -23,6 +25,7 @@ pub mod handlers;
 pub mod memory;
 pub mod ports;
 pub mod protocol;
+pub mod retry;
 pub mod types;
 
 #[cfg(feature = "conformance")]

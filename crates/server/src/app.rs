@@ -11,6 +11,7 @@ use dynamowave_core::error::close_code;
 use dynamowave_core::handlers::Services;
 use dynamowave_core::ports::{ConnectionStore, StoreError};
 use dynamowave_core::protocol::Limits;
+use dynamowave_core::retry::{RetryPolicy, RetryingLog};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -105,7 +106,7 @@ impl Server {
         let (stop, shutting_down) = watch::channel(false);
         let state = AppState {
             services: Services {
-                log: store.clone(),
+                log: Arc::new(RetryingLog::new(store.clone(), RetryPolicy::default())),
                 connections: store.clone(),
                 rooms: hub.clone(),
                 limits: AppState::limits(&config),

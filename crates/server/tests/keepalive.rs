@@ -12,7 +12,11 @@ use dynamowave_core::protocol::ServerFrame;
 use dynamowave_server::ServerConfig;
 
 fn quick_timeouts() -> ServerConfig {
-    ServerConfig { ping_interval_ms: 100, idle_timeout_ms: 600, ..ServerConfig::default() }
+    ServerConfig {
+        ping_interval_ms: 100,
+        idle_timeout_ms: 600,
+        ..ServerConfig::default()
+    }
 }
 
 #[tokio::test]
@@ -25,7 +29,10 @@ async fn a_live_idle_client_stays_connected() {
         other => panic!("expected silence, got {other:?}"),
     }
     c.join("r", None).await.unwrap();
-    assert!(matches!(c.next_within(common::WAIT).await.unwrap(), ServerFrame::Joined { .. }));
+    assert!(matches!(
+        c.next_within(common::WAIT).await.unwrap(),
+        ServerFrame::Joined { .. }
+    ));
     server.stop().await;
 }
 
@@ -43,13 +50,18 @@ async fn a_peer_that_answers_nothing_is_closed_after_the_idle_timeout() {
 
 #[tokio::test]
 async fn the_maximum_connection_duration_closes_even_busy_connections() {
-    let config = ServerConfig { max_connection_ms: 300, ..ServerConfig::default() };
+    let config = ServerConfig {
+        max_connection_ms: 300,
+        ..ServerConfig::default()
+    };
     let server = TestServer::start_with(config).await;
     let mut c = server.v1("ann").await;
     c.join("r", None).await.unwrap();
     let started = std::time::Instant::now();
     let code = loop {
-        c.send_message("r", "still here", &format!("{:?}", started.elapsed())).await.ok();
+        c.send_message("r", "still here", &format!("{:?}", started.elapsed()))
+            .await
+            .ok();
         match c.next_within(Duration::from_millis(100)).await {
             Err(ClientError::Closed { code, reason }) => {
                 assert!(reason.contains("maximum connection duration"), "{reason}");
