@@ -13,7 +13,11 @@ use dynamowave_client::Client;
 use dynamowave_core::protocol::ServerFrame;
 
 /// A tmpfs of `size` mounted on a fresh directory, unmounted on drop.
-struct Tmpfs(PathBuf, tempfile::TempDir);
+struct Tmpfs {
+    path: PathBuf,
+    // Removed after the unmount.
+    _dir: tempfile::TempDir,
+}
 
 impl Tmpfs {
     fn mount(size: &str) -> Option<Tmpfs> {
@@ -23,17 +27,20 @@ impl Tmpfs {
             .arg(dir.path())
             .status()
             .is_ok_and(|s| s.success());
-        ok.then(|| Tmpfs(dir.path().to_owned(), dir))
+        ok.then(|| Tmpfs {
+            path: dir.path().to_owned(),
+            _dir: dir,
+        })
     }
 
     fn path(&self) -> &Path {
-        &self.0
+        &self.path
     }
 }
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
+        let _ = Command::new("umount").arg(&self.path).status();
     }
 }
 
