@@ -310,19 +310,23 @@ for server in "${SERVERS[@]}"; do
     fi
     note "protocol check: ${PROTO[$server]}"
 
+    first_point=1
     for p in "${POINTS[@]}"; do
         name=${p%%|*}
         args=$(adjust_args "$server" "${p#*|}")
         ARGS_USED[$server|$name]=$args
         key="$server|$name"
-        if [ -z "$SERVER_PID" ] || ! kill -0 "$SERVER_PID" 2>/dev/null; then
-            note "server is not running; restarting it"
+        # Every point gets a freshly started server: memory, queues and connections left over
+        # from one point must not count against the next (the idle point's RSS baseline above
+        # all).
+        if [ "$first_point" = 0 ] || [ -z "$SERVER_PID" ] || ! kill -0 "$SERVER_PID" 2>/dev/null; then
             stop_server
             if ! start_server "$server"; then
                 STATUS[$key]="failed (server did not restart)"
                 continue
             fi
         fi
+        first_point=0
         read -r -a words <<<"$args"
         cmd=("$DW_BIN" bench "${words[0]}" --url "$SERVER_URL" "${words[@]:1}" --json)
         COMMANDS+=("$(q "${cmd[@]}")")
