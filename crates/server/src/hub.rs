@@ -267,16 +267,26 @@ impl CommitListener for Hub {
             let Some(members) = rooms.get(&message.room) else {
                 continue;
             };
-            let has = |mode| members.iter().any(|m| m.mode == mode);
+            // Which wire forms this room needs: one pass, stopping once both are seen.
+            let (mut has_v1, mut has_compat) = (false, false);
+            for m in members {
+                match m.mode {
+                    Mode::V1 => has_v1 = true,
+                    Mode::Compat => has_compat = true,
+                }
+                if has_v1 && has_compat {
+                    break;
+                }
+            }
             let delivery = Arc::new(Delivery {
                 room: message.room.clone(),
                 seq: message.seq,
-                v1: if has(Mode::V1) {
+                v1: if has_v1 {
                     ServerFrame::Message(message.clone()).to_json().into()
                 } else {
                     Utf8Bytes::default()
                 },
-                compat: if has(Mode::Compat) {
+                compat: if has_compat {
                     message.data.clone().into()
                 } else {
                     Utf8Bytes::default()

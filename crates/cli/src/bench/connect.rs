@@ -51,7 +51,7 @@ pub async fn run(a: ConnectArgs) -> anyhow::Result<Report> {
         url: a.common.url.clone(),
         params: json!({
             "connections": a.connections, "concurrency": a.concurrency,
-            "protocol": format!("{:?}", a.protocol).to_lowercase(),
+            "protocol": a.protocol.as_str(),
         }),
         connections: opened,
         connect_failures,

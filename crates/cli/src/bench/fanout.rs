@@ -62,7 +62,7 @@ pub async fn run(a: FanoutArgs) -> anyhow::Result<Report> {
     );
     let params = json!({
         "members": a.members, "senders": a.senders, "rate": a.rate, "duration": a.duration,
-        "payload": a.payload, "protocol": format!("{:?}", a.protocol).to_lowercase(),
+        "payload": a.payload, "protocol": a.protocol.as_str(),
     });
     let bar = progress(a.common.json);
     bar.set_message("connecting");

@@ -66,7 +66,7 @@ pub async fn run(a: IdleArgs) -> anyhow::Result<Report> {
         url: a.common.url.clone(),
         params: json!({
             "connections": a.connections, "hold": a.hold,
-            "protocol": format!("{:?}", a.protocol).to_lowercase(),
+            "protocol": a.protocol.as_str(),
         }),
         connections: held,
         connect_failures,

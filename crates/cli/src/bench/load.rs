@@ -172,6 +172,16 @@ pub enum Protocol {
     V1,
 }
 
+impl Protocol {
+    /// The name `--protocol` takes, for reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Compat => "compat",
+            Protocol::V1 => "v1",
+        }
+    }
+}
+
 /// The frame that sends `data` to `room` in this protocol.
 pub fn send_frame(protocol: Protocol, room: &str, data: &str, id: Option<&str>) -> String {
     let data = serde_json::to_string(data).expect("strings serialize");
