@@ -15,7 +15,9 @@ use std::sync::{Arc, Mutex};
 
 use tokio::task::JoinSet;
 
-use crate::ports::{CommitListener, ConnectionRecord, ConnectionStore, MessageLog, NewMessage};
+use crate::ports::{
+    CommitListener, ConnectionRecord, ConnectionStore, Deletion, MessageLog, NewMessage,
+};
 use crate::protocol::{ChatMessage, HistoryQuery, Mode};
 use crate::types::{ConnectionId, RoomId, Seq, UserName};
 
@@ -273,6 +275,72 @@ where
         .await
         .unwrap();
     assert_eq!(seqs(&p.messages), (1..=200).collect::<Vec<_>>());
+
+    // Deletion leaves a tombstone: reads skip it, pages stay full, seqs and ids are not reused.
+    let (log, _) = fresh().await;
+    for i in 1..=6 {
+        log.append(msg("d", "ann", &format!("m{i}"), &format!("m{i}")))
+            .await
+            .unwrap();
+    }
+    let Deletion::Deleted { at } = log.delete(&room("d"), Seq(3)).await.unwrap() else {
+        panic!("seq 3 exists and was not deleted");
+    };
+    assert!(at > 0);
+    assert_eq!(
+        log.delete(&room("d"), Seq(3)).await.unwrap(),
+        Deletion::AlreadyDeleted { at },
+        "deleting again is idempotent and keeps the first time"
+    );
+    assert_eq!(
+        log.delete(&room("d"), Seq(7)).await.unwrap(),
+        Deletion::NotFound
+    );
+    assert_eq!(
+        log.delete(&room("d"), Seq(0)).await.unwrap(),
+        Deletion::NotFound
+    );
+    assert_eq!(
+        log.delete(&room("nope"), Seq(1)).await.unwrap(),
+        Deletion::NotFound
+    );
+    log.delete(&room("d"), Seq(5)).await.unwrap();
+    let read = |query| {
+        let log = log.clone();
+        async move { log.read(&room("d"), query).await.unwrap() }
+    };
+    let p = read(HistoryQuery::Latest { limit: 3 }).await;
+    assert_eq!((seqs(&p.messages), p.more), (vec![2, 4, 6], true));
+    let p = read(HistoryQuery::After {
+        seq: Seq(1),
+        limit: 2,
+    })
+    .await;
+    assert_eq!((seqs(&p.messages), p.more), (vec![2, 4], true));
+    let p = read(HistoryQuery::After {
+        seq: Seq(0),
+        limit: 10,
+    })
+    .await;
+    assert_eq!((seqs(&p.messages), p.more), (vec![1, 2, 4, 6], false));
+    let p = read(HistoryQuery::Before {
+        seq: Seq(6),
+        limit: 2,
+    })
+    .await;
+    assert_eq!((seqs(&p.messages), p.more), (vec![2, 4], true));
+    assert_eq!(
+        log.head(&room("d")).await.unwrap(),
+        Some(Seq(6)),
+        "the head does not move back"
+    );
+    let again = log.append(msg("d", "ann", "m3", "m3")).await.unwrap();
+    assert!(
+        again.duplicate && again.message.seq == Seq(3),
+        "a deleted message's id still deduplicates"
+    );
+    let next = log.append(msg("d", "ann", "m7", "m7")).await.unwrap();
+    assert_eq!(next.message.seq, Seq(7), "no seq is reused");
 }
 
 fn record(id: &str, name: &str) -> ConnectionRecord {

@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use async_trait::async_trait;
 
 use crate::ports::{
-    Appended, CommitListener, ConnectionRecord, ConnectionStore, MessageLog, NewMessage, StoreError,
+    Appended, CommitListener, ConnectionRecord, ConnectionStore, Deletion, MessageLog, NewMessage,
+    StoreError,
 };
 use crate::protocol::{ChatMessage, HistoryQuery, Page};
 use crate::types::{ConnectionId, RoomId, Seq, UserName, now_ms};
@@ -17,6 +18,8 @@ struct RoomLog {
     messages: Vec<Arc<ChatMessage>>,
     /// (user, id) → seq, for idempotent appends.
     ids: HashMap<(UserName, String), Seq>,
+    /// Tombstones: seq → when it was deleted.
+    deleted: HashMap<Seq, u64>,
 }
 
 /// A [`MessageLog`] in a mutex. The listener is called under the lock, which keeps the per-room
@@ -89,11 +92,36 @@ impl MessageLog for MemoryLog {
         let Some(log) = rooms.get(room) else {
             return Ok(Page::default());
         };
-        Ok(page_of(&log.messages, query))
+        if log.deleted.is_empty() {
+            return Ok(page_of(&log.messages, query));
+        }
+        let live: Vec<_> = log
+            .messages
+            .iter()
+            .filter(|m| !log.deleted.contains_key(&m.seq))
+            .cloned()
+            .collect();
+        Ok(page_of(&live, query))
+    }
+
+    async fn delete(&self, room: &RoomId, seq: Seq) -> Result<Deletion, StoreError> {
+        let mut rooms = self.rooms();
+        let Some(log) = rooms.get_mut(room) else {
+            return Ok(Deletion::NotFound);
+        };
+        if seq == Seq::ZERO || seq.0 > log.messages.len() as u64 {
+            return Ok(Deletion::NotFound);
+        }
+        if let Some(&at) = log.deleted.get(&seq) {
+            return Ok(Deletion::AlreadyDeleted { at });
+        }
+        let at = now_ms();
+        log.deleted.insert(seq, at);
+        Ok(Deletion::Deleted { at })
     }
 }
 
-/// Cuts a page out of a whole log held in seq order (seq n at index n-1).
+/// Cuts a page out of messages held in seq order (with gaps where messages were deleted).
 pub fn page_of(all: &[Arc<ChatMessage>], query: HistoryQuery) -> Page {
     let len = all.len();
     let (start, end, more) = match query {
@@ -102,12 +130,12 @@ pub fn page_of(all: &[Arc<ChatMessage>], query: HistoryQuery) -> Page {
             (start, len, start > 0)
         }
         HistoryQuery::Before { seq, limit } => {
-            let end = (seq.0.saturating_sub(1) as usize).min(len);
+            let end = all.partition_point(|m| m.seq < seq);
             let start = end.saturating_sub(limit);
             (start, end, start > 0)
         }
         HistoryQuery::After { seq, limit } => {
-            let start = (seq.0 as usize).min(len);
+            let start = all.partition_point(|m| m.seq <= seq);
             let end = start.saturating_add(limit).min(len);
             (start, end, end < len)
         }

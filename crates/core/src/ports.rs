@@ -26,6 +26,17 @@ pub struct Appended {
     pub duplicate: bool,
 }
 
+/// What [`MessageLog::delete`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Deletion {
+    /// The message is now a tombstone, deleted at this time (ms since the epoch).
+    Deleted { at: u64 },
+    /// It had been deleted before, at this time.
+    AlreadyDeleted { at: u64 },
+    /// The room has no message with that seq.
+    NotFound,
+}
+
 /// The durable, ordered, idempotent log of every room's messages.
 ///
 /// Contract (checked by the conformance suite):
@@ -35,7 +46,9 @@ pub struct Appended {
 ///   stores nothing;
 /// - every newly committed message is passed to the [`CommitListener`] exactly once, after the
 ///   commit and before `append` returns, in seq order per room;
-/// - a failed append stores nothing and is safe to retry.
+/// - a failed append stores nothing and is safe to retry;
+/// - a deleted message stays as a tombstone: reads skip it, its seq is not reused and its
+///   `(room, user, id)` still deduplicates.
 #[async_trait]
 pub trait MessageLog: Send + Sync + 'static {
     async fn append(&self, message: NewMessage) -> Result<Appended, StoreError>;
@@ -49,6 +62,9 @@ pub trait MessageLog: Send + Sync + 'static {
 
     /// A page of the room's log, oldest first. An unknown room reads as empty.
     async fn read(&self, room: &RoomId, query: HistoryQuery) -> Result<Page, StoreError>;
+
+    /// Marks the message a tombstone (kept, with the time, for point-in-time restore).
+    async fn delete(&self, room: &RoomId, seq: Seq) -> Result<Deletion, StoreError>;
 }
 
 /// Told about every commit of a [`MessageLog`]: this is the fan-out's subscription to the log.

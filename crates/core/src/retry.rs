@@ -13,7 +13,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use rand::Rng;
 
-use crate::ports::{Appended, MessageLog, NewMessage, StoreError};
+use crate::ports::{Appended, Deletion, MessageLog, NewMessage, StoreError};
 use crate::protocol::{HistoryQuery, Page};
 use crate::types::{RoomId, Seq};
 
@@ -100,6 +100,10 @@ impl MessageLog for RetryingLog {
     async fn read(&self, room: &RoomId, query: HistoryQuery) -> Result<Page, StoreError> {
         self.policy.run(|| self.inner.read(room, query)).await
     }
+
+    async fn delete(&self, room: &RoomId, seq: Seq) -> Result<Deletion, StoreError> {
+        self.policy.run(|| self.inner.delete(room, seq)).await
+    }
 }
 
 #[cfg(test)]
@@ -137,6 +141,9 @@ mod tests {
         }
         async fn read(&self, room: &RoomId, q: HistoryQuery) -> Result<Page, StoreError> {
             self.inner.read(room, q).await
+        }
+        async fn delete(&self, room: &RoomId, seq: Seq) -> Result<Deletion, StoreError> {
+            self.inner.delete(room, seq).await
         }
     }
 

@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::{ConfigError, ServerConfig};
+use crate::dlq::DeadLetters;
 use crate::hub::Hub;
 use crate::store::sqlite::{OpenError, SqliteStore};
 use crate::{api, gateway, web};
@@ -25,6 +26,7 @@ use crate::{api, gateway, web};
 pub struct AppState {
     pub services: Services,
     pub hub: Arc<Hub>,
+    pub dead_letters: Arc<DeadLetters>,
     pub config: Arc<ServerConfig>,
     /// Turns true when the server starts shutting down.
     pub shutting_down: watch::Receiver<bool>,
@@ -103,6 +105,7 @@ impl Server {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServerError> {
         let Server { store, hub, config } = self;
+        crate::telemetry::prometheus();
         let (stop, shutting_down) = watch::channel(false);
         let state = AppState {
             services: Services {
@@ -112,6 +115,7 @@ impl Server {
                 limits: AppState::limits(&config),
             },
             hub: hub.clone(),
+            dead_letters: Arc::new(DeadLetters::new(store.clone(), hub.clone())),
             config: Arc::new(config),
             shutting_down,
         };

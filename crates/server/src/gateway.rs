@@ -30,6 +30,7 @@ use tokio::sync::mpsc;
 
 use crate::api::ApiError;
 use crate::app::AppState;
+use crate::dlq::{DeadLetterKind, NewDeadLetter};
 use crate::hub::{ConnectionHandle, Outgoing};
 
 /// Frames written per flush when the outbound queue has a backlog.
@@ -91,9 +92,33 @@ pub async fn upgrade(
 struct SocketOutbox {
     socket: WebSocket,
     write_timeout: Duration,
+    /// Posted payloads fed since the last successful flush: not known to be written yet, so
+    /// dead-lettered if the connection ends now. Empty (no allocation) for chat traffic.
+    unflushed_posts: Vec<Utf8Bytes>,
 }
 
 impl SocketOutbox {
+    /// Feeds a queued item: posted payloads are remembered until a flush succeeds.
+    async fn feed_item(
+        &mut self,
+        session: &mut Session,
+        item: Outgoing,
+    ) -> Result<(), Disconnected> {
+        match item {
+            Outgoing::Live(d) => {
+                if session.accept_live(&d.room, d.seq) {
+                    self.feed(d.text_for(session.mode).clone()).await?;
+                }
+                Ok(())
+            }
+            Outgoing::Direct(text) => self.feed(text).await,
+            Outgoing::Posted(text) => {
+                self.unflushed_posts.push(text.clone());
+                self.feed(text).await
+            }
+        }
+    }
+
     async fn feed(&mut self, text: Utf8Bytes) -> Result<(), Disconnected> {
         match tokio::time::timeout(self.write_timeout, self.socket.feed(Message::Text(text))).await
         {
@@ -104,7 +129,10 @@ impl SocketOutbox {
 
     async fn flush(&mut self) -> Result<(), Disconnected> {
         match tokio::time::timeout(self.write_timeout, self.socket.flush()).await {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(())) => {
+                self.unflushed_posts.clear();
+                Ok(())
+            }
             _ => Err(Disconnected),
         }
     }
@@ -154,16 +182,6 @@ impl Outbox for SocketOutbox {
     }
 }
 
-/// The text to write for a queued item, or `None` when the session filters it out.
-fn outgoing_text(session: &mut Session, item: Outgoing) -> Option<Utf8Bytes> {
-    match item {
-        Outgoing::Live(d) => session
-            .accept_live(&d.room, d.seq)
-            .then(|| d.text_for(session.mode).clone()),
-        Outgoing::Direct(text) => Some(text),
-    }
-}
-
 /// True when a read error is tungstenite refusing a frame or message over the limits.
 fn is_too_large(e: &axum::Error) -> bool {
     std::error::Error::source(e)
@@ -181,6 +199,7 @@ pub async fn serve_connection(socket: WebSocket, state: AppState, mut session: S
     let mut out = SocketOutbox {
         socket,
         write_timeout: state.config.write_timeout(),
+        unflushed_posts: Vec::new(),
     };
     tracing::debug!(connection = %session.id, user = %session.user, mode = session.mode.as_str(), "connected");
 
@@ -213,12 +232,49 @@ pub async fn serve_connection(socket: WebSocket, state: AppState, mut session: S
         }
     }
 
+    dead_letter_unsent(&state, &handle, &mut out, &mut outbound).await;
     if let Err(e) = disconnect::handle(&mut session, services).await {
         // The row is purged at the next start; nothing else depends on it.
         tracing::warn!(connection = %session.id, error = %e, "$disconnect could not delete the row");
     }
     state.hub.unregister(&session.id);
     tracing::debug!(connection = %session.id, "disconnected");
+}
+
+/// Dead-letters the posted payloads this connection accepted and did not deliver: those not
+/// known to be flushed, and those still queued. Closing the queue first means no post can be
+/// accepted after this look.
+async fn dead_letter_unsent(
+    state: &AppState,
+    handle: &ConnectionHandle,
+    out: &mut SocketOutbox,
+    outbound: &mut mpsc::Receiver<Outgoing>,
+) {
+    outbound.close();
+    let mut unsent = std::mem::take(&mut out.unflushed_posts);
+    while let Ok(item) = outbound.try_recv() {
+        if let Outgoing::Posted(text) = item {
+            unsent.push(text);
+        }
+    }
+    if unsent.is_empty() {
+        return;
+    }
+    let reason = match handle.close_requested() {
+        Some((code, reason)) => format!("connection closed ({code}: {reason}) before delivery"),
+        None => "connection ended before delivery".to_owned(),
+    };
+    for payload in unsent {
+        let entry = NewDeadLetter {
+            kind: DeadLetterKind::PostToConnection,
+            target: handle.id.as_str().to_owned(),
+            user: Some(handle.user.as_str().to_owned()),
+            reason: reason.clone(),
+            payload,
+        };
+        // Logged inside; nothing more to do here when even that fails.
+        let _ = state.dead_letters.add(entry).await;
+    }
 }
 
 /// Writes everything already queued (at shutdown or a requested close).
@@ -228,9 +284,7 @@ async fn drain(
     outbound: &mut mpsc::Receiver<Outgoing>,
 ) -> Result<(), Disconnected> {
     while let Ok(item) = outbound.try_recv() {
-        if let Some(text) = outgoing_text(session, item) {
-            out.feed(text).await?;
-        }
+        out.feed_item(session, item).await?;
     }
     out.flush().await
 }
@@ -309,12 +363,10 @@ async fn read_write_loop(
                 let mut next = Some(item);
                 let mut written = 0;
                 while let Some(item) = next.take() {
-                    if let Some(text) = outgoing_text(session, item) {
-                        if out.feed(text).await.is_err() {
-                            return;
-                        }
-                        written += 1;
+                    if out.feed_item(session, item).await.is_err() {
+                        return;
                     }
+                    written += 1;
                     if written < WRITE_BATCH {
                         next = outbound.try_recv().ok();
                     }

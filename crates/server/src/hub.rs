@@ -25,8 +25,11 @@ use tokio::sync::{Notify, mpsc};
 pub enum Outgoing {
     /// A committed room message, shared by every recipient.
     Live(Arc<Delivery>),
-    /// A frame for this connection only (presence, `POST /@connections/{id}`).
+    /// A frame for this connection only that may be lost with it (presence).
     Direct(Utf8Bytes),
+    /// A `POST /@connections/{id}` payload: dead-lettered if the connection ends before it is
+    /// written and flushed.
+    Posted(Utf8Bytes),
 }
 
 /// One committed message in both wire forms, built once per commit.
@@ -94,10 +97,10 @@ impl ConnectionHandle {
         )
     }
 
-    /// Queues a frame for this connection alone. False when the queue is full or closed.
-    pub fn send_direct(&self, text: Utf8Bytes) -> Result<(), SendError> {
+    /// Queues a posted payload for this connection alone; see [`Outgoing::Posted`].
+    pub fn post(&self, text: Utf8Bytes) -> Result<(), SendError> {
         self.queue
-            .try_send(Outgoing::Direct(text))
+            .try_send(Outgoing::Posted(text))
             .map_err(|e| match e {
                 mpsc::error::TrySendError::Full(_) => SendError::Full,
                 mpsc::error::TrySendError::Closed(_) => SendError::Gone,

@@ -70,7 +70,9 @@ mod tests {
 
     use crate::app::{AppState, router};
     use crate::config::ServerConfig;
+    use crate::dlq::DeadLetters;
     use crate::hub::Hub;
+    use crate::store::sqlite::SqliteStore;
 
     async fn status(admin_token: Option<&str>, peer: &str, bearer: Option<&str>) -> StatusCode {
         let hub = Arc::new(Hub::default());
@@ -78,6 +80,9 @@ mod tests {
             admin_token: admin_token.map(str::to_owned),
             ..ServerConfig::default()
         };
+        // The dead-letter queue only exists on SQLite; the route under test does not use it.
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(dir.path(), hub.clone()).unwrap());
         let state = AppState {
             services: Services {
                 log: Arc::new(MemoryLog::new(hub.clone())),
@@ -85,6 +90,7 @@ mod tests {
                 rooms: hub.clone(),
                 limits: AppState::limits(&config),
             },
+            dead_letters: Arc::new(DeadLetters::new(store, hub.clone())),
             hub,
             config: Arc::new(config),
             shutting_down: tokio::sync::watch::channel(false).1,

@@ -5,15 +5,18 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Body;
+use axum::extract::ws::Utf8Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use dynamowave_core::protocol::{ConnectionInfo, Mode};
 use dynamowave_core::{ChatError, ConnectionId, ErrorCode, UserName};
 use serde::Serialize;
+use serde_json::json;
 
 use super::{ApiError, read_body};
 use crate::app::AppState;
+use crate::dlq::{DeadLetterKind, NewDeadLetter};
 use crate::hub::{ConnectionHandle, SendError};
 
 fn gone(id: &str) -> ApiError {
@@ -28,20 +31,26 @@ fn find(state: &AppState, id: &str) -> Result<Arc<ConnectionHandle>, ApiError> {
     state.hub.connection(&parsed).ok_or_else(|| gone(id))
 }
 
-/// `POST /@connections/{id}`: the body, as one text frame.
+/// `POST /@connections/{id}`: the body, as one text frame. A payload for a connection that is
+/// gone is dead-lettered (the 410 names the entry); one accepted here and not delivered before
+/// the connection ends is dead-lettered by the connection's task.
 pub async fn post(
     State(state): State<AppState>,
     Path(id): Path<String>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let handle = find(&state, &id)?;
+    // A malformed id was never a connection: nothing to keep.
+    let parsed = ConnectionId::parse(&id).map_err(|_| gone(&id))?;
     let bytes = read_body(body, state.config.max_message_bytes).await?;
-    let text = String::from_utf8(bytes.to_vec()).map_err(|_| {
+    let text = Utf8Bytes::try_from(bytes).map_err(|_| {
         ChatError::bad_request("the body must be UTF-8 text; it is sent as one text frame")
     })?;
-    match handle.send_direct(text.into()) {
+    let Some(handle) = state.hub.connection(&parsed) else {
+        return dead_letter_gone(&state, &id, text).await;
+    };
+    match handle.post(text.clone()) {
         Ok(()) => Ok(StatusCode::OK.into_response()),
-        Err(SendError::Gone) => Err(gone(&id)),
+        Err(SendError::Gone) => dead_letter_gone(&state, &id, text).await,
         Err(SendError::Full) => Err(ApiError(
             ChatError::new(
                 ErrorCode::Unavailable,
@@ -50,6 +59,28 @@ pub async fn post(
             .with_retry_after(1000),
         )),
     }
+}
+
+/// 410 Gone, after keeping the payload as a dead letter (docs/reliability.md).
+async fn dead_letter_gone(
+    state: &AppState,
+    id: &str,
+    payload: Utf8Bytes,
+) -> Result<Response, ApiError> {
+    let entry = NewDeadLetter {
+        kind: DeadLetterKind::PostToConnection,
+        target: id.to_owned(),
+        user: None,
+        reason: "gone: the connection was not connected when the post arrived".to_owned(),
+        payload,
+    };
+    let dead_letter = state.dead_letters.add(entry).await?;
+    let body = json!({
+        "code": ErrorCode::Gone,
+        "message": format!("connection {id} is not connected; the payload is kept as dead letter {dead_letter}"),
+        "deadLetterId": dead_letter,
+    });
+    Ok((StatusCode::GONE, Json(body)).into_response())
 }
 
 /// `GET /@connections/{id}`.

@@ -1,8 +1,9 @@
-//! The management API: API Gateway's `@connections` calls and the room endpoints
-//! (docs/openapi.yaml describes them). Every route is behind [`auth::require_admin`].
+//! The management API: API Gateway's `@connections` calls, the room endpoints and the
+//! dead-letter queue (docs/openapi.yaml describes them). Every route is behind [`auth::require_admin`].
 
 pub mod auth;
 pub mod connections;
+pub mod dlq;
 pub mod rooms;
 
 use axum::Json;
@@ -27,7 +28,16 @@ pub fn routes(state: AppState) -> Router<AppState> {
             "/rooms/{room}/messages",
             post(rooms::post_message).get(rooms::list_messages),
         )
+        .route(
+            "/rooms/{room}/messages/{seq}",
+            axum::routing::delete(rooms::delete_message),
+        )
         .route("/rooms/{room}/members", get(rooms::members))
+        .route("/dlq", get(dlq::list).delete(dlq::purge))
+        .route("/dlq/replay", post(dlq::replay_all))
+        .route("/dlq/{id}", get(dlq::show).delete(dlq::purge_one))
+        .route("/dlq/{id}/replay", post(dlq::replay))
+        .route("/metrics", get(crate::telemetry::metrics))
         .route_layer(middleware::from_fn_with_state(state, auth::require_admin))
 }
 

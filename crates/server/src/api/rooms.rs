@@ -1,16 +1,16 @@
-//! `/rooms/{room}/...`: server-side publish into the same log (same seq, same fan-out), history
-//! and members.
+//! `/rooms/{room}/...`: server-side publish into the same log (same seq, same fan-out), history,
+//! deletion (a tombstone) and members.
 
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use dynamowave_core::ports::NewMessage;
+use dynamowave_core::ports::{Deletion, NewMessage};
 use dynamowave_core::protocol::HistoryQuery;
 use dynamowave_core::types::MAX_MESSAGE_ID_LEN;
 use dynamowave_core::types::random_token;
-use dynamowave_core::{ChatError, RoomId, UserName};
+use dynamowave_core::{ChatError, RoomId, Seq, UserName};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -104,6 +104,29 @@ pub async fn list_messages(
     }
     let page = log.read(&room, query).await?;
     Ok(Json(json!({ "room": room, "messages": page.messages, "more": page.more })).into_response())
+}
+
+/// `DELETE /rooms/{room}/messages/{seq}`: tombstones the message. It leaves history and
+/// replays; the row and the deletion time stay for point-in-time restore. Deleting again
+/// answers the first deletion's time.
+pub async fn delete_message(
+    State(state): State<AppState>,
+    Path((room, seq)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let room = RoomId::parse(&room)?;
+    let seq = match number("seq", Some(&seq))? {
+        Some(n) if n > 0 => Seq(n),
+        _ => return Err(ChatError::bad_request("`seq` must be a positive integer").into()),
+    };
+    let (at, already) = match state.services.log.delete(&room, seq).await? {
+        Deletion::Deleted { at } => (at, false),
+        Deletion::AlreadyDeleted { at } => (at, true),
+        Deletion::NotFound => {
+            return Err(ChatError::not_found(format!("room {room} has no message {seq}")).into());
+        }
+    };
+    let body = json!({ "room": room, "seq": seq, "deletedAt": at, "alreadyDeleted": already });
+    Ok(Json(body).into_response())
 }
 
 pub async fn members(

@@ -17,7 +17,8 @@ use std::thread;
 
 use async_trait::async_trait;
 use dynamowave_core::ports::{
-    Appended, CommitListener, ConnectionRecord, ConnectionStore, MessageLog, NewMessage, StoreError,
+    Appended, CommitListener, ConnectionRecord, ConnectionStore, Deletion, MessageLog, NewMessage,
+    StoreError,
 };
 use dynamowave_core::protocol::{ChatMessage, HistoryQuery, Mode, Page};
 use dynamowave_core::types::now_ms;
@@ -26,6 +27,8 @@ use rusqlite::{
     Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior, params,
 };
 use tokio::sync::{mpsc, oneshot};
+
+use crate::dlq::{Claim, DeadLetter, DeadLetterKind, NewDeadLetter, Purge};
 
 /// Most commands applied in one transaction.
 pub const MAX_BATCH: usize = 1024;
@@ -47,6 +50,9 @@ CREATE TABLE IF NOT EXISTS messages (
     user TEXT NOT NULL,
     data TEXT NOT NULL,
     ts   INTEGER NOT NULL,
+    -- Set by DELETE /rooms/{room}/messages/{seq}: the row stays as a tombstone, so a
+    -- point-in-time restore to before the deletion brings the message back.
+    deleted_at INTEGER,
     PRIMARY KEY (room, seq)
 );
 CREATE UNIQUE INDEX IF NOT EXISTS messages_idempotency ON messages (room, user, id);
@@ -63,6 +69,20 @@ CREATE TABLE IF NOT EXISTS memberships (
     room          TEXT NOT NULL,
     PRIMARY KEY (connection_id, room)
 );
+-- What the server accepted and could not deliver (docs/reliability.md, dead letters).
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    created_at  INTEGER NOT NULL,
+    kind        TEXT NOT NULL,
+    target      TEXT NOT NULL,
+    user        TEXT,
+    reason      TEXT NOT NULL,
+    payload     TEXT NOT NULL,
+    attempts    INTEGER NOT NULL DEFAULT 1,
+    last_error  TEXT,
+    replayed_at INTEGER,
+    replayed_to TEXT
+);
 ";
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
@@ -75,6 +95,14 @@ enum Command {
     AddMembership(ConnectionId, RoomId, Reply<()>),
     RemoveMembership(ConnectionId, RoomId, Reply<()>),
     PurgeConnections(Reply<u64>),
+    Delete(RoomId, Seq, Reply<Deletion>),
+    AddDeadLetter(NewDeadLetter, Reply<u64>),
+    /// Marks a pending dead letter replayed (to the target) before delivery is tried, so two
+    /// replays cannot both deliver it.
+    ClaimDeadLetter(u64, String, Reply<Claim>),
+    /// Undoes a claim whose delivery failed, counting the attempt.
+    ReleaseDeadLetter(u64, String, Reply<()>),
+    PurgeDeadLetters(Purge, Reply<u64>),
     /// Apply everything queued before it, then stop the writer.
     Shutdown(oneshot::Sender<()>),
 }
@@ -205,7 +233,21 @@ fn open_writer(path: &Path) -> rusqlite::Result<Connection> {
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     conn.execute_batch(SCHEMA)?;
+    migrate(&conn)?;
     Ok(conn)
+}
+
+/// Brings a store written by an older version up to [`SCHEMA`].
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    let has_deleted_at: bool = conn.query_row(
+        "SELECT COUNT(*) > 0 FROM pragma_table_info('messages') WHERE name = 'deleted_at'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has_deleted_at {
+        conn.execute_batch("ALTER TABLE messages ADD COLUMN deleted_at INTEGER")?;
+    }
+    Ok(())
 }
 
 /// A SQLite failure as the port's error. Logged here: the client only hears "unavailable".
@@ -255,6 +297,8 @@ enum Pending {
     Seq(Reply<Seq>, Result<Seq, StoreError>),
     Unit(Reply<()>, Result<(), StoreError>),
     Count(Reply<u64>, Result<u64, StoreError>),
+    Deletion(Reply<Deletion>, Result<Deletion, StoreError>),
+    Claim(Reply<Claim>, Result<Claim, StoreError>),
 }
 
 impl Writer {
@@ -378,6 +422,43 @@ impl Writer {
                         .map_err(backend);
                     pending.push(Pending::Count(reply, result));
                 }
+                Command::Delete(room, seq, reply) => {
+                    let result = delete(&tx, &room, seq, ts).map_err(backend);
+                    pending.push(Pending::Deletion(reply, result));
+                }
+                Command::AddDeadLetter(entry, reply) => {
+                    let result = add_dead_letter(&tx, &entry, ts).map_err(backend);
+                    pending.push(Pending::Count(reply, result));
+                }
+                Command::ClaimDeadLetter(id, to, reply) => {
+                    let result = claim_dead_letter(&tx, id, &to, ts).map_err(backend);
+                    pending.push(Pending::Claim(reply, result));
+                }
+                Command::ReleaseDeadLetter(id, error, reply) => {
+                    let result = tx
+                        .execute(
+                            "UPDATE dead_letters SET replayed_at = NULL, replayed_to = NULL,
+                             attempts = attempts + 1, last_error = ?2 WHERE id = ?1",
+                            params![id as i64, error],
+                        )
+                        .map(drop)
+                        .map_err(backend);
+                    pending.push(Pending::Unit(reply, result));
+                }
+                Command::PurgeDeadLetters(which, reply) => {
+                    let result = match which {
+                        Purge::One(id) => {
+                            tx.execute("DELETE FROM dead_letters WHERE id = ?1", [id as i64])
+                        }
+                        Purge::Replayed => {
+                            tx.execute("DELETE FROM dead_letters WHERE replayed_at IS NOT NULL", [])
+                        }
+                        Purge::All => tx.execute("DELETE FROM dead_letters", []),
+                    }
+                    .map(|n| n as u64)
+                    .map_err(backend);
+                    pending.push(Pending::Count(reply, result));
+                }
                 Command::Shutdown(done) => stop = Some(done),
             }
         }
@@ -420,30 +501,23 @@ impl Writer {
 impl Pending {
     /// Answers the caller; with `Some(err)` the whole batch failed and every caller gets it.
     fn answer(self, batch_error: Option<&str>) {
-        let fail = || StoreError::Backend(batch_error.unwrap_or_default().to_owned());
         match self {
-            Pending::Append(r, res) => drop(r.send(if batch_error.is_some() {
-                Err(fail())
-            } else {
-                res
-            })),
-            Pending::Seq(r, res) => drop(r.send(if batch_error.is_some() {
-                Err(fail())
-            } else {
-                res
-            })),
-            Pending::Unit(r, res) => drop(r.send(if batch_error.is_some() {
-                Err(fail())
-            } else {
-                res
-            })),
-            Pending::Count(r, res) => drop(r.send(if batch_error.is_some() {
-                Err(fail())
-            } else {
-                res
-            })),
+            Pending::Append(r, res) => settle(r, res, batch_error),
+            Pending::Seq(r, res) => settle(r, res, batch_error),
+            Pending::Unit(r, res) => settle(r, res, batch_error),
+            Pending::Count(r, res) => settle(r, res, batch_error),
+            Pending::Deletion(r, res) => settle(r, res, batch_error),
+            Pending::Claim(r, res) => settle(r, res, batch_error),
         }
     }
+}
+
+fn settle<T>(reply: Reply<T>, result: Result<T, StoreError>, batch_error: Option<&str>) {
+    let result = match batch_error {
+        Some(e) => Err(StoreError::Backend(e.to_owned())),
+        None => result,
+    };
+    let _ = reply.send(result);
 }
 
 fn fail(cmd: Command, err: &str) {
@@ -455,7 +529,12 @@ fn fail(cmd: Command, err: &str) {
         | Command::RemoveConnection(_, r)
         | Command::AddMembership(_, _, r)
         | Command::RemoveMembership(_, _, r) => drop(r.send(Err(e()))),
-        Command::PurgeConnections(r) => drop(r.send(Err(e()))),
+        Command::PurgeConnections(r)
+        | Command::AddDeadLetter(_, r)
+        | Command::PurgeDeadLetters(_, r) => drop(r.send(Err(e()))),
+        Command::Delete(_, _, r) => drop(r.send(Err(e()))),
+        Command::ClaimDeadLetter(_, _, r) => drop(r.send(Err(e()))),
+        Command::ReleaseDeadLetter(_, _, r) => drop(r.send(Err(e()))),
         Command::Shutdown(done) => drop(done.send(())),
     }
 }
@@ -564,6 +643,76 @@ fn create_room(
     Ok(Seq::ZERO)
 }
 
+/// Tombstones a message: the row stays, with the time, for point-in-time restore.
+fn delete(tx: &Transaction<'_>, room: &RoomId, seq: Seq, ts: u64) -> rusqlite::Result<Deletion> {
+    let found: Option<Option<i64>> = tx
+        .prepare_cached("SELECT deleted_at FROM messages WHERE room = ?1 AND seq = ?2")?
+        .query_row(params![room.as_str(), seq.0 as i64], |r| r.get(0))
+        .optional()?;
+    Ok(match found {
+        None => Deletion::NotFound,
+        Some(Some(at)) => Deletion::AlreadyDeleted { at: at as u64 },
+        Some(None) => {
+            tx.prepare_cached("UPDATE messages SET deleted_at = ?3 WHERE room = ?1 AND seq = ?2")?
+                .execute(params![room.as_str(), seq.0 as i64, ts as i64])?;
+            Deletion::Deleted { at: ts }
+        }
+    })
+}
+
+fn add_dead_letter(tx: &Transaction<'_>, e: &NewDeadLetter, ts: u64) -> rusqlite::Result<u64> {
+    tx.prepare_cached(
+        "INSERT INTO dead_letters (created_at, kind, target, user, reason, payload)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![
+        ts as i64,
+        e.kind.as_str(),
+        e.target,
+        e.user,
+        e.reason,
+        e.payload.as_str()
+    ])?;
+    Ok(tx.last_insert_rowid() as u64)
+}
+
+fn claim_dead_letter(tx: &Transaction<'_>, id: u64, to: &str, ts: u64) -> rusqlite::Result<Claim> {
+    let Some(entry) = tx
+        .prepare_cached(&format!("{DEAD_LETTER_COLS} WHERE id = ?1"))?
+        .query_row([id as i64], dead_letter_row)
+        .optional()?
+    else {
+        return Ok(Claim::NotFound);
+    };
+    if let (Some(at), Some(to)) = (entry.replayed_at, &entry.replayed_to) {
+        return Ok(Claim::AlreadyReplayed { at, to: to.clone() });
+    }
+    tx.prepare_cached("UPDATE dead_letters SET replayed_at = ?2, replayed_to = ?3 WHERE id = ?1")?
+        .execute(params![id as i64, ts as i64, to])?;
+    Ok(Claim::Claimed(entry))
+}
+
+const DEAD_LETTER_COLS: &str = "SELECT id, created_at, kind, target, user, reason, payload, \
+     attempts, last_error, replayed_at, replayed_to FROM dead_letters";
+
+fn dead_letter_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeadLetter> {
+    let kind: String = r.get(2)?;
+    Ok(DeadLetter {
+        id: r.get::<_, i64>(0)? as u64,
+        created_at: r.get::<_, i64>(1)? as u64,
+        // Only this server writes the table; an unknown kind is from a newer version.
+        kind: DeadLetterKind::parse(&kind).unwrap_or(DeadLetterKind::PostToConnection),
+        target: r.get(3)?,
+        user: r.get(4)?,
+        reason: r.get(5)?,
+        payload: r.get(6)?,
+        attempts: r.get::<_, i64>(7)? as u32,
+        last_error: r.get(8)?,
+        replayed_at: r.get::<_, Option<i64>>(9)?.map(|t| t as u64),
+        replayed_to: r.get(10)?,
+    })
+}
+
 /// Writes the batch's new heads; part of the batch's transaction.
 fn save_heads(
     tx: &Transaction<'_>,
@@ -633,7 +782,9 @@ impl MessageLog for SqliteStore {
     async fn read(&self, room: &RoomId, query: HistoryQuery) -> Result<Page, StoreError> {
         let room = room.clone();
         self.read(move |c| {
-            const COLS: &str = "SELECT seq, id, user, data, ts FROM messages WHERE room = ?1";
+            // Tombstones are skipped; the primary key still drives the scan.
+            const COLS: &str =
+                "SELECT seq, id, user, data, ts FROM messages WHERE room = ?1 AND deleted_at IS NULL";
             // One row past the limit tells whether there is more.
             let (sql, bound, limit, newest_first) = match query {
                 HistoryQuery::Latest { limit } => (
@@ -672,6 +823,72 @@ impl MessageLog for SqliteStore {
                 messages.reverse();
             }
             Ok(Page { messages, more })
+        })
+        .await
+    }
+
+    async fn delete(&self, room: &RoomId, seq: Seq) -> Result<Deletion, StoreError> {
+        let room = room.clone();
+        self.call(|r| Command::Delete(room, seq, r)).await
+    }
+}
+
+/// The dead-letter table; [`crate::dlq::DeadLetters`] is its user.
+impl SqliteStore {
+    pub async fn add_dead_letter(&self, entry: NewDeadLetter) -> Result<u64, StoreError> {
+        self.call(|r| Command::AddDeadLetter(entry, r)).await
+    }
+
+    pub async fn claim_dead_letter(&self, id: u64, to: String) -> Result<Claim, StoreError> {
+        self.call(|r| Command::ClaimDeadLetter(id, to, r)).await
+    }
+
+    pub async fn release_dead_letter(&self, id: u64, error: String) -> Result<(), StoreError> {
+        self.call(|r| Command::ReleaseDeadLetter(id, error, r))
+            .await
+    }
+
+    pub async fn purge_dead_letters(&self, which: Purge) -> Result<u64, StoreError> {
+        self.call(|r| Command::PurgeDeadLetters(which, r)).await
+    }
+
+    /// Entries with id > `after`, oldest first; `pending_only` skips replayed ones.
+    pub async fn dead_letters(
+        &self,
+        after: u64,
+        limit: usize,
+        pending_only: bool,
+    ) -> Result<Vec<DeadLetter>, StoreError> {
+        self.read(move |c| {
+            let filter = if pending_only {
+                "AND replayed_at IS NULL"
+            } else {
+                ""
+            };
+            c.prepare_cached(&format!(
+                "{DEAD_LETTER_COLS} WHERE id > ?1 {filter} ORDER BY id LIMIT ?2"
+            ))?
+            .query_map(params![after as i64, limit as i64], dead_letter_row)?
+            .collect()
+        })
+        .await
+    }
+
+    pub async fn dead_letter(&self, id: u64) -> Result<Option<DeadLetter>, StoreError> {
+        self.read(move |c| {
+            c.prepare_cached(&format!("{DEAD_LETTER_COLS} WHERE id = ?1"))?
+                .query_row([id as i64], dead_letter_row)
+                .optional()
+        })
+        .await
+    }
+
+    /// Entries not replayed yet: the DLQ's depth.
+    pub async fn dead_letter_depth(&self) -> Result<u64, StoreError> {
+        self.read(|c| {
+            c.prepare_cached("SELECT COUNT(*) FROM dead_letters WHERE replayed_at IS NULL")?
+                .query_row([], |r| r.get::<_, i64>(0))
+                .map(|n| n as u64)
         })
         .await
     }

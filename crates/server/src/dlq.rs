@@ -1,0 +1,219 @@
+//! Dead letters: what the server took responsibility for and could not deliver, kept durably
+//! (the `dead_letters` table) with the reason, the time and the payload, until an operator
+//! replays or purges it.
+//!
+//! Where they come from. Chat messages never need one: a `sendmessage` is acked only after its
+//! commit, and a member that misses a live delivery resumes from history. What has no history
+//! to fall back on is a `POST /@connections/{id}` payload, so that is what is dead-lettered:
+//! - the connection is gone when the post arrives (the caller also gets 410 Gone);
+//! - the post was accepted (200) but the connection ended before the frame was written and
+//!   flushed (slow-consumer close, write timeout, the client went away, shutdown).
+//!
+//! Replay re-posts the payload to the original connection or to one the operator names. It is
+//! idempotent: an entry is claimed (marked replayed) in the store before the delivery is tried,
+//! so a second replay of the same id delivers nothing and says when it was replayed; a failed
+//! delivery releases the claim and counts the attempt.
+
+use std::sync::Arc;
+
+use axum::extract::ws::Utf8Bytes;
+use dynamowave_core::ConnectionId;
+use dynamowave_core::ports::StoreError;
+use dynamowave_core::retry::RetryPolicy;
+use serde::Serialize;
+
+use crate::hub::{Hub, SendError};
+use crate::store::sqlite::SqliteStore;
+
+/// What kind of operation a dead letter holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeadLetterKind {
+    /// A `POST /@connections/{id}` payload.
+    PostToConnection,
+}
+
+impl DeadLetterKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeadLetterKind::PostToConnection => "post_to_connection",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        (s == "post_to_connection").then_some(DeadLetterKind::PostToConnection)
+    }
+}
+
+/// A dead letter to record.
+#[derive(Clone, Debug)]
+pub struct NewDeadLetter {
+    pub kind: DeadLetterKind,
+    /// The connection id it was for.
+    pub target: String,
+    /// The connection's user, when the server knew it.
+    pub user: Option<String>,
+    pub reason: String,
+    pub payload: Utf8Bytes,
+}
+
+/// A stored dead letter.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeadLetter {
+    pub id: u64,
+    /// Milliseconds since the epoch.
+    pub created_at: u64,
+    pub kind: DeadLetterKind,
+    pub target: String,
+    pub user: Option<String>,
+    pub reason: String,
+    pub payload: String,
+    /// Delivery attempts so far: the original one plus failed replays.
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    pub replayed_at: Option<u64>,
+    pub replayed_to: Option<String>,
+}
+
+/// The store's answer to a claim before replay.
+#[derive(Debug)]
+pub enum Claim {
+    Claimed(DeadLetter),
+    AlreadyReplayed { at: u64, to: String },
+    NotFound,
+}
+
+/// Which entries a purge removes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Purge {
+    One(u64),
+    Replayed,
+    All,
+}
+
+/// How a replay ended, when it did not fail.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Replayed {
+    /// Delivered (queued to the live connection) now.
+    Delivered { to: String },
+    /// An earlier replay delivered it; nothing was sent again.
+    Already { at: u64, to: String },
+}
+
+/// Why a replay failed. The entry stays pending (except `NotFound`).
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error("dead letter {0} does not exist")]
+    NotFound(u64),
+    #[error("connection {0} is not connected; the dead letter stays pending")]
+    Gone(String),
+    #[error(
+        "connection {0} is not reading (its outbound queue is full); the dead letter stays pending"
+    )]
+    Full(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The dead-letter queue: the table, and replay through the hub.
+pub struct DeadLetters {
+    store: Arc<SqliteStore>,
+    hub: Arc<Hub>,
+    retry: RetryPolicy,
+}
+
+impl DeadLetters {
+    pub fn new(store: Arc<SqliteStore>, hub: Arc<Hub>) -> Self {
+        DeadLetters {
+            store,
+            hub,
+            retry: RetryPolicy::default(),
+        }
+    }
+
+    /// Records an entry (with the store's retries). When even that fails the payload is lost;
+    /// the error is logged with what would let an operator find it, never the payload itself.
+    pub async fn add(&self, entry: NewDeadLetter) -> Result<u64, StoreError> {
+        // The payload is shared bytes, so the copy kept for retries is cheap. A failed batch
+        // stored nothing, so a retried entry is recorded once.
+        let result = self
+            .retry
+            .run(|| self.store.add_dead_letter(entry.clone()))
+            .await;
+        let (target, reason, bytes) = (&entry.target, &entry.reason, entry.payload.len());
+        if result.is_ok() {
+            let _ = self.depth().await;
+        }
+        match &result {
+            Ok(id) => {
+                tracing::warn!(id, %target, %reason, bytes, "dead-lettered a post to a connection")
+            }
+            Err(e) => {
+                tracing::error!(error = %e, %target, %reason, bytes, "could not record a dead letter; the payload is lost")
+            }
+        }
+        result
+    }
+
+    pub async fn get(&self, id: u64) -> Result<Option<DeadLetter>, StoreError> {
+        self.store.dead_letter(id).await
+    }
+
+    pub async fn list(
+        &self,
+        after: u64,
+        limit: usize,
+        pending_only: bool,
+    ) -> Result<Vec<DeadLetter>, StoreError> {
+        self.store.dead_letters(after, limit, pending_only).await
+    }
+
+    /// Entries not replayed yet.
+    pub async fn depth(&self) -> Result<u64, StoreError> {
+        let depth = self.store.dead_letter_depth().await?;
+        metrics::gauge!("dynamowave_dlq_depth").set(depth as f64);
+        Ok(depth)
+    }
+
+    pub async fn purge(&self, which: Purge) -> Result<u64, StoreError> {
+        let purged = self.store.purge_dead_letters(which).await?;
+        self.depth().await?;
+        Ok(purged)
+    }
+
+    /// Re-posts entry `id` to `to` (its original connection when `None`). See the module docs.
+    pub async fn replay(&self, id: u64, to: Option<ConnectionId>) -> Result<Replayed, ReplayError> {
+        let target = match &to {
+            Some(c) => c.as_str().to_owned(),
+            None => match self.store.dead_letter(id).await? {
+                Some(e) => e.target,
+                None => return Err(ReplayError::NotFound(id)),
+            },
+        };
+        let entry = match self.store.claim_dead_letter(id, target.clone()).await? {
+            Claim::Claimed(entry) => entry,
+            Claim::AlreadyReplayed { at, to } => return Ok(Replayed::Already { at, to }),
+            Claim::NotFound => return Err(ReplayError::NotFound(id)),
+        };
+        let handle = ConnectionId::parse(&target)
+            .ok()
+            .and_then(|c| self.hub.connection(&c));
+        let sent = match handle {
+            Some(h) => h.post(entry.payload.into()),
+            None => Err(SendError::Gone),
+        };
+        let failure = match sent {
+            Ok(()) => {
+                self.depth().await?;
+                return Ok(Replayed::Delivered { to: target });
+            }
+            Err(SendError::Gone) => ReplayError::Gone(target),
+            Err(SendError::Full) => ReplayError::Full(target),
+        };
+        self.store
+            .release_dead_letter(id, failure.to_string())
+            .await?;
+        Err(failure)
+    }
+}
