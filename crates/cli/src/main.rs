@@ -8,9 +8,15 @@
 //!   `ServerConfig`, binds, and runs the server until SIGINT/SIGTERM.
 //! - `chat.rs`: `dynamowave chat`, the terminal client.
 //! - `bench/`: `dynamowave bench`, the load generator, one file per scenario.
+//! - `backup.rs`: `dynamowave backup`, an online snapshot of a store.
+//! - `restore.rs`: `dynamowave restore`, a new data directory at a point in time.
+//! - `dlq.rs`: `dynamowave dlq`, the dead-letter queue of a running server.
 
+mod backup;
 mod bench;
 mod chat;
+mod dlq;
+mod restore;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -34,6 +40,12 @@ enum Command {
     Chat(chat::ChatArgs),
     /// Measure a server: throughput, delivery ratio, latency, connects, memory.
     Bench(bench::BenchArgs),
+    /// Write a consistent snapshot of a store to a file, while its server keeps serving.
+    Backup(backup::BackupArgs),
+    /// Make a new data directory holding a store's state at a point in time.
+    Restore(restore::RestoreArgs),
+    /// List, show, replay or purge a running server's dead letters.
+    Dlq(dlq::DlqArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -53,6 +65,9 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Serve(args)) => runtime.block_on(serve::run(args)),
         Some(Command::Chat(args)) => runtime.block_on(chat::run(args)),
         Some(Command::Bench(args)) => runtime.block_on(bench::run(args)),
+        Some(Command::Backup(args)) => backup::run(args),
+        Some(Command::Restore(args)) => restore::run(args),
+        Some(Command::Dlq(args)) => runtime.block_on(dlq::run(args)),
         None => runtime.block_on(serve::run(serve::ServeArgs::from_env())),
     }
 }
