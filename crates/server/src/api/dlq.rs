@@ -9,15 +9,17 @@ use dynamowave_core::{ChatError, ConnectionId, ErrorCode};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{ApiError, read_body};
+use super::ApiError;
 use crate::app::AppState;
 use crate::dlq::{Purge, ReplayError, Replayed};
 
 /// Most entries one `GET /dlq` returns.
 const MAX_PAGE: usize = 1000;
+/// `POST /dlq/{id}/replay`'s body is at most `{"connectionId": "..."}`.
+const REPLAY_BODY_LIMIT: usize = 4096;
 
 fn id_of(raw: &str) -> Result<u64, ApiError> {
-    raw.parse().map_err(|_| {
+    raw.parse().ok().filter(|&id| id > 0).ok_or_else(|| {
         ApiError(ChatError::bad_request(format!(
             "a dead letter id is a positive integer, got {raw:?}"
         )))
@@ -93,7 +95,13 @@ pub async fn replay(
     body: Body,
 ) -> Result<Response, ApiError> {
     let id = id_of(&id)?;
-    let bytes = read_body(body, 4096).await?;
+    let bytes = axum::body::to_bytes(body, REPLAY_BODY_LIMIT)
+        .await
+        .map_err(|_| {
+            ChatError::too_large(format!(
+                "the body is larger than {REPLAY_BODY_LIMIT} bytes; it only names a connection"
+            ))
+        })?;
     let req: ReplayBody = if bytes.iter().all(u8::is_ascii_whitespace) {
         ReplayBody::default()
     } else {
