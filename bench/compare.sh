@@ -234,7 +234,7 @@ start_server() {
     SERVER_LOG="$RESULTS/$STAMP-$name.server.log"
     case $name in
         dynamowave)
-            cmd=("$DW_BIN" serve --listen "127.0.0.1:$port" --data-dir "$(mktemp -d "$WORK/dynamowave-data.XXXXXX")") ;;
+            cmd=("$DW_BIN" serve --messages-per-second 0 --max-connections 0 --listen "127.0.0.1:$port" --data-dir "$(mktemp -d "$WORK/dynamowave-data.XXXXXX")") ;;
         axum-broadcast) cmd=(env "PORT=$port" "$AXUM_BIN") ;;
         node-ws) cmd=(env "PORT=$port" node bench/peers/node-ws/server.js) ;;
         python-websockets) cmd=(env "PORT=$port" "$VENV/bin/python" bench/peers/python-websockets/server.py) ;;

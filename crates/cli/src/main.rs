@@ -35,7 +35,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the chat server (the default).
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Chat in a terminal (or from a script, reading lines from stdin).
     Chat(chat::ChatArgs),
     /// Measure a server: throughput, delivery ratio, latency, connects, memory.
@@ -62,7 +62,7 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     match cli.command {
-        Some(Command::Serve(args)) => runtime.block_on(serve::run(args)),
+        Some(Command::Serve(args)) => runtime.block_on(serve::run(*args)),
         Some(Command::Chat(args)) => runtime.block_on(chat::run(args)),
         Some(Command::Bench(args)) => runtime.block_on(bench::run(args)),
         Some(Command::Backup(args)) => backup::run(args),

@@ -47,6 +47,143 @@ pub struct ServeArgs {
     /// Longest a connection may last, in milliseconds; 0 is no limit [default: 0].
     #[arg(long, env = "DYNAMOWAVE_MAX_CONNECTION_MS")]
     pub max_connection_ms: Option<u64>,
+    #[command(flatten)]
+    pub security: SecurityArgs,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// TLS, authentication, access lists and encryption at rest (TOML tables `[tls]`, `[auth]`,
+/// `[access]`, `[encryption]`; docs/security.md).
+#[derive(Args, Debug, Default)]
+pub struct SecurityArgs {
+    /// PEM certificate chain: serve https and wss (with --tls-key).
+    #[arg(long, env = "DYNAMOWAVE_TLS_CERT", help_heading = "Security")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "DYNAMOWAVE_TLS_KEY", help_heading = "Security")]
+    pub tls_key: Option<PathBuf>,
+    /// Refuse plaintext connections except from loopback.
+    #[arg(long, env = "DYNAMOWAVE_REQUIRE_TLS", num_args = 0..=1, default_missing_value = "true", help_heading = "Security")]
+    pub require_tls: Option<bool>,
+    /// How WebSocket clients authenticate: none or jwt [default: none].
+    #[arg(long, env = "DYNAMOWAVE_AUTH", help_heading = "Security")]
+    pub auth: Option<dynamowave_server::config::AuthMode>,
+    /// HS256 secret for --auth jwt (at least 32 characters).
+    #[arg(
+        long,
+        env = "DYNAMOWAVE_JWT_SECRET",
+        hide_env_values = true,
+        help_heading = "Security"
+    )]
+    pub jwt_secret: Option<String>,
+    /// PEM public key (EdDSA or RS256) for --auth jwt.
+    #[arg(long, env = "DYNAMOWAVE_JWT_PUBLIC_KEY", help_heading = "Security")]
+    pub jwt_public_key: Option<PathBuf>,
+    /// JWKS file for --auth jwt; the token's `kid` picks the key.
+    #[arg(long, env = "DYNAMOWAVE_JWKS", help_heading = "Security")]
+    pub jwks: Option<PathBuf>,
+    /// Seconds of clock skew allowed on a token's exp and nbf [default: 30].
+    #[arg(long, env = "DYNAMOWAVE_JWT_LEEWAY_S", help_heading = "Security")]
+    pub jwt_leeway_s: Option<u64>,
+    /// Browser origins that may connect, comma-separated [default: the page's own origin].
+    #[arg(
+        long,
+        env = "DYNAMOWAVE_ALLOWED_ORIGINS",
+        value_delimiter = ',',
+        help_heading = "Security"
+    )]
+    pub allowed_origins: Option<Vec<String>>,
+    /// Only these networks may connect (CIDR, comma-separated) [default: all].
+    #[arg(
+        long,
+        env = "DYNAMOWAVE_ALLOW_IPS",
+        value_delimiter = ',',
+        help_heading = "Security"
+    )]
+    pub allow_ips: Option<Vec<ipnet::IpNet>>,
+    /// These networks may not connect (CIDR, comma-separated).
+    #[arg(
+        long,
+        env = "DYNAMOWAVE_DENY_IPS",
+        value_delimiter = ',',
+        help_heading = "Security"
+    )]
+    pub deny_ips: Option<Vec<ipnet::IpNet>>,
+    /// File holding a 32-byte key, base64; repeat for rotation (the last encrypts new rows).
+    #[arg(long, help_heading = "Security")]
+    pub encryption_key_file: Vec<PathBuf>,
+    /// Keys, base64, comma-separated (after any --encryption-key-file).
+    #[arg(
+        long = "encryption-key",
+        env = "DYNAMOWAVE_ENCRYPTION_KEY",
+        value_delimiter = ',',
+        hide_env_values = true,
+        help_heading = "Security"
+    )]
+    pub encryption_keys: Option<Vec<String>>,
+}
+
+/// Rate limits, connection caps and reserved capacity (TOML table `[limits]`).
+#[derive(Args, Debug, Default)]
+pub struct LimitArgs {
+    /// Frames per second per connection; 0 is no limit [default: 10].
+    #[arg(long, env = "DYNAMOWAVE_MESSAGES_PER_SECOND", help_heading = "Limits")]
+    pub messages_per_second: Option<u32>,
+    /// Frames a connection may send at once above the rate [default: 20].
+    #[arg(long, env = "DYNAMOWAVE_MESSAGE_BURST", help_heading = "Limits")]
+    pub message_burst: Option<u32>,
+    /// Rate-limited frames within 10 s before the connection is closed with 1008 [default: 100].
+    #[arg(long, env = "DYNAMOWAVE_ABUSE_CLOSE_AFTER", help_heading = "Limits")]
+    pub abuse_close_after: Option<u32>,
+    /// New connections per second per source IP; 0 is no limit [default: 20].
+    #[arg(
+        long,
+        env = "DYNAMOWAVE_CONNECTIONS_PER_IP_PER_SECOND",
+        help_heading = "Limits"
+    )]
+    pub connections_per_ip_per_second: Option<u32>,
+    /// New connections a source IP may open at once above the rate [default: 40].
+    #[arg(
+        long,
+        env = "DYNAMOWAVE_CONNECTION_BURST_PER_IP",
+        help_heading = "Limits"
+    )]
+    pub connection_burst_per_ip: Option<u32>,
+    /// Open connections per source IP; 0 is no limit [default: 1000].
+    #[arg(
+        long,
+        env = "DYNAMOWAVE_MAX_CONNECTIONS_PER_IP",
+        help_heading = "Limits"
+    )]
+    pub max_connections_per_ip: Option<usize>,
+    /// Networks exempt from per-IP limits, comma-separated CIDR [default: 127.0.0.1/32,::1/128].
+    #[arg(
+        long,
+        env = "DYNAMOWAVE_PER_IP_EXEMPT",
+        value_delimiter = ',',
+        help_heading = "Limits"
+    )]
+    pub per_ip_exempt: Option<Vec<ipnet::IpNet>>,
+    /// Open connections in all; over it the upgrade answers 503; 0 is no limit [default: 10000].
+    #[arg(long, env = "DYNAMOWAVE_MAX_CONNECTIONS", help_heading = "Limits")]
+    pub max_connections: Option<usize>,
+    /// Milliseconds from TCP accept to a finished WebSocket upgrade [default: 10000].
+    #[arg(long, env = "DYNAMOWAVE_HANDSHAKE_TIMEOUT_MS", help_heading = "Limits")]
+    pub handshake_timeout_ms: Option<u64>,
+    /// Rooms one connection may be in at once [default: 100].
+    #[arg(
+        long,
+        env = "DYNAMOWAVE_MAX_ROOMS_PER_CONNECTION",
+        help_heading = "Limits"
+    )]
+    pub max_rooms_per_connection: Option<usize>,
+    /// $connect/$disconnect handled at once, reserved apart from messages [default: 64].
+    #[arg(long, env = "DYNAMOWAVE_CONNECT_CONCURRENCY", help_heading = "Limits")]
+    pub connect_concurrency: Option<usize>,
+    /// Frames handled at once across all connections [default: 1024].
+    #[arg(long, env = "DYNAMOWAVE_MESSAGE_CONCURRENCY", help_heading = "Limits")]
+    pub message_concurrency: Option<usize>,
 }
 
 /// Parses only the environment, for a bare `dynamowave` (no subcommand).
@@ -84,6 +221,39 @@ impl ServeArgs {
         if self.admin_token.is_some() {
             c.admin_token = self.admin_token;
         }
+        macro_rules! set_in {
+            ($group:ident, $args:ident: $($field:ident => $target:ident),*) => {
+                $( if let Some(v) = self.$args.$field { c.$group.$target = v; } )*
+            };
+        }
+        macro_rules! set_opt_in {
+            ($group:ident, $args:ident: $($field:ident => $target:ident),*) => {
+                $( if let Some(v) = self.$args.$field { c.$group.$target = Some(v); } )*
+            };
+        }
+        set_opt_in!(tls, security: tls_cert => cert, tls_key => key);
+        set_in!(tls, security: require_tls => require);
+        set_in!(auth, security: auth => mode, jwt_leeway_s => leeway_s);
+        set_opt_in!(auth, security: jwt_secret => jwt_secret, jwt_public_key => jwt_public_key, jwks => jwks);
+        set_in!(access, security: allowed_origins => allowed_origins, allow_ips => allow_ips, deny_ips => deny_ips);
+        if !self.security.encryption_key_file.is_empty() {
+            c.encryption.key_files = self.security.encryption_key_file;
+        }
+        set_in!(encryption, security: encryption_keys => keys);
+        set_in!(limits, limits:
+            messages_per_second => messages_per_second,
+            message_burst => message_burst,
+            abuse_close_after => abuse_close_after,
+            connections_per_ip_per_second => connections_per_ip_per_second,
+            connection_burst_per_ip => connection_burst_per_ip,
+            max_connections_per_ip => max_connections_per_ip,
+            per_ip_exempt => per_ip_exempt,
+            max_connections => max_connections,
+            handshake_timeout_ms => handshake_timeout_ms,
+            max_rooms_per_connection => max_rooms_per_connection,
+            connect_concurrency => connect_concurrency,
+            message_concurrency => message_concurrency
+        );
         c.validate()?;
         Ok(c)
     }

@@ -33,6 +33,154 @@ pub struct ServerConfig {
     pub idle_timeout_ms: u64,
     /// Closes every connection with 1001 after this long, however active; 0 is off.
     pub max_connection_ms: u64,
+    /// `[tls]`: https/wss.
+    pub tls: TlsConfig,
+    /// `[auth]`: who a WebSocket client is.
+    pub auth: AuthConfig,
+    /// `[access]`: which origins and addresses may connect.
+    pub access: AccessConfig,
+    /// `[limits]`: rate limits, connection caps, reserved capacity.
+    pub limits: LimitsConfig,
+    /// `[encryption]`: message bodies at rest.
+    pub encryption: EncryptionConfig,
+}
+
+/// `[tls]` (flags `--tls-cert`, `--tls-key`, `--require-tls`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct TlsConfig {
+    /// PEM certificate chain; with `key`, the listener speaks TLS (https, wss).
+    pub cert: Option<PathBuf>,
+    /// PEM private key of `cert`.
+    pub key: Option<PathBuf>,
+    /// Refuse plaintext connections except from loopback.
+    pub require: bool,
+}
+
+/// How WebSocket clients are authenticated on `$connect`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// `?name=` is taken at its word (a warning is logged when not on loopback).
+    #[default]
+    None,
+    /// A JWT is required; its `sub` is the user.
+    Jwt,
+}
+
+impl std::str::FromStr for AuthMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "none" => Ok(AuthMode::None),
+            "jwt" => Ok(AuthMode::Jwt),
+            other => Err(format!("auth is `none` or `jwt`, not {other:?}")),
+        }
+    }
+}
+
+/// `[auth]` (flags `--auth`, `--jwt-secret`, `--jwt-public-key`, `--jwks`, `--jwt-leeway-s`).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct AuthConfig {
+    pub mode: AuthMode,
+    /// HS256 shared secret.
+    pub jwt_secret: Option<String>,
+    /// PEM public key for EdDSA or RS256 tokens.
+    pub jwt_public_key: Option<PathBuf>,
+    /// A JWKS file (JSON Web Key Set); the token's `kid` picks the key.
+    pub jwks: Option<PathBuf>,
+    /// Clock skew allowed on `exp` and `nbf`, in seconds.
+    pub leeway_s: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            mode: AuthMode::None,
+            jwt_secret: None,
+            jwt_public_key: None,
+            jwks: None,
+            leeway_s: 30,
+        }
+    }
+}
+
+/// `[access]` (flags `--allowed-origins`, `--allow-ips`, `--deny-ips`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct AccessConfig {
+    /// Browser origins allowed to open a WebSocket (`https://chat.example.com`). Empty: the
+    /// page's own origin, and clients that send no `Origin` (non-browsers).
+    pub allowed_origins: Vec<String>,
+    /// When not empty, only these networks may connect (CIDR).
+    pub allow_ips: Vec<ipnet::IpNet>,
+    /// These networks may not connect (CIDR); checked before `allow-ips`.
+    pub deny_ips: Vec<ipnet::IpNet>,
+}
+
+/// `[limits]`. Every rejection is counted in a metric.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct LimitsConfig {
+    /// Messages (any frame) per second per connection; 0 is no limit.
+    pub messages_per_second: u32,
+    /// Messages a connection may send at once above the rate.
+    pub message_burst: u32,
+    /// Rate-limited frames within 10 s after which the connection is closed with 1008.
+    pub abuse_close_after: u32,
+    /// New connections per second per source IP; 0 is no limit.
+    pub connections_per_ip_per_second: u32,
+    /// New connections a source IP may open at once above the rate.
+    pub connection_burst_per_ip: u32,
+    /// Open connections per source IP; 0 is no limit.
+    pub max_connections_per_ip: usize,
+    /// Networks exempt from the per-IP limits [default: 127.0.0.1/32 and ::1/128].
+    pub per_ip_exempt: Vec<ipnet::IpNet>,
+    /// Open connections in all; over it the upgrade answers 503. 0 is no limit.
+    pub max_connections: usize,
+    /// Time from TCP accept to a finished upgrade (TLS and HTTP included).
+    pub handshake_timeout_ms: u64,
+    /// Rooms one connection may be in at once.
+    pub max_rooms_per_connection: usize,
+    /// `$connect`/`$disconnect` handled at once, reserved apart from message handling.
+    pub connect_concurrency: usize,
+    /// Frames handled at once across all connections (messages, joins, history...).
+    pub message_concurrency: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            messages_per_second: 10,
+            message_burst: 20,
+            abuse_close_after: 100,
+            connections_per_ip_per_second: 20,
+            connection_burst_per_ip: 40,
+            max_connections_per_ip: 1000,
+            // A reverse proxy on the same host would make every client one IP.
+            per_ip_exempt: vec![
+                ipnet::IpNet::from(std::net::IpAddr::from([127, 0, 0, 1])),
+                ipnet::IpNet::from(std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST)),
+            ],
+            max_connections: 10_000,
+            handshake_timeout_ms: 10_000,
+            max_rooms_per_connection: 100,
+            connect_concurrency: 64,
+            message_concurrency: 1024,
+        }
+    }
+}
+
+/// `[encryption]` (flag `--encryption-key-file`, repeatable; `DYNAMOWAVE_ENCRYPTION_KEY`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct EncryptionConfig {
+    /// Files of 32 random bytes, base64; the last one encrypts new rows, all of them decrypt.
+    pub key_files: Vec<PathBuf>,
+    /// Keys given inline (base64), e.g. from `DYNAMOWAVE_ENCRYPTION_KEY`; after the files.
+    pub keys: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -49,6 +197,11 @@ impl Default for ServerConfig {
             ping_interval_ms: 30_000,
             idle_timeout_ms: 600_000,
             max_connection_ms: 0,
+            tls: TlsConfig::default(),
+            auth: AuthConfig::default(),
+            access: AccessConfig::default(),
+            limits: LimitsConfig::default(),
+            encryption: EncryptionConfig::default(),
         }
     }
 }
@@ -67,6 +220,21 @@ impl ServerConfig {
 
     pub fn ping_interval(&self) -> Duration {
         Duration::from_millis(self.ping_interval_ms)
+    }
+
+    /// Settings for tests and benchmarks on one machine: no per-connection message rate and no
+    /// per-IP limits (every client is 127.0.0.1), the rest as the defaults.
+    pub fn unthrottled() -> Self {
+        ServerConfig {
+            limits: LimitsConfig {
+                messages_per_second: 0,
+                connections_per_ip_per_second: 0,
+                max_connections_per_ip: 0,
+                max_connections: 0,
+                ..LimitsConfig::default()
+            },
+            ..ServerConfig::default()
+        }
     }
 
     pub fn shutdown_grace(&self) -> Duration {
@@ -90,6 +258,45 @@ impl ServerConfig {
         }
         if self.admin_token.as_deref().is_some_and(|t| t.len() < 16) {
             return bad("admin-token must be at least 16 characters");
+        }
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            return bad("tls-cert and tls-key go together: give both or neither");
+        }
+        if self.auth.mode == AuthMode::Jwt {
+            let keys = [
+                self.auth.jwt_secret.is_some(),
+                self.auth.jwt_public_key.is_some(),
+                self.auth.jwks.is_some(),
+            ];
+            if keys.iter().filter(|k| **k).count() != 1 {
+                return bad("auth = jwt needs exactly one of jwt-secret, jwt-public-key or jwks");
+            }
+        }
+        if self
+            .auth
+            .jwt_secret
+            .as_deref()
+            .is_some_and(|s| s.len() < 32)
+        {
+            return bad("jwt-secret must be at least 32 characters (HS256 needs a long secret)");
+        }
+        let l = &self.limits;
+        if l.messages_per_second > 0 && l.message_burst == 0 {
+            return bad("message-burst must be at least 1 when messages-per-second is set");
+        }
+        if l.connections_per_ip_per_second > 0 && l.connection_burst_per_ip == 0 {
+            return bad(
+                "connection-burst-per-ip must be at least 1 when connections-per-ip-per-second is set",
+            );
+        }
+        if l.handshake_timeout_ms == 0 {
+            return bad("handshake-timeout-ms must be at least 1");
+        }
+        if l.max_rooms_per_connection == 0 {
+            return bad("max-rooms-per-connection must be at least 1");
+        }
+        if l.connect_concurrency == 0 || l.message_concurrency == 0 {
+            return bad("connect-concurrency and message-concurrency must be at least 1");
         }
         Ok(())
     }

@@ -238,7 +238,7 @@ async fn limits_are_configurable() {
     let config = ServerConfig {
         max_frame_bytes: 2048,
         max_message_bytes: 4096,
-        ..ServerConfig::default()
+        ..ServerConfig::unthrottled()
     };
     let server = TestServer::start_with(config).await;
     let mut c = server.v1("ann").await;

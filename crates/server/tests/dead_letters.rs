@@ -154,7 +154,7 @@ async fn a_post_to_a_gone_connection_is_kept_replayed_once_and_purged() {
 #[tokio::test]
 async fn dead_letters_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start_in(dir.path(), ServerConfig::default()).await;
+    let server = TestServer::start_in(dir.path(), ServerConfig::unthrottled()).await;
     let http = reqwest::Client::new();
     let r = http
         .post(server.http("/@connections/0123456789abcdef0123"))
@@ -168,7 +168,7 @@ async fn dead_letters_survive_a_restart() {
     let id = body["deadLetterId"].as_u64().unwrap();
     server.stop().await;
 
-    let server = TestServer::start_in(dir.path(), ServerConfig::default()).await;
+    let server = TestServer::start_in(dir.path(), ServerConfig::unthrottled()).await;
     let shown = get_json(&http, server.http(&format!("/dlq/{id}"))).await;
     assert_eq!(shown["payload"], "kept");
     server.stop().await;
@@ -181,7 +181,7 @@ async fn accepted_posts_to_a_connection_that_dies_are_dead_lettered() {
     let server = TestServer::start_with(ServerConfig {
         outbound_queue: 8,
         write_timeout_ms: 300,
-        ..ServerConfig::default()
+        ..ServerConfig::unthrottled()
     })
     .await;
     let http = reqwest::Client::new();

@@ -15,7 +15,7 @@ fn quick_timeouts() -> ServerConfig {
     ServerConfig {
         ping_interval_ms: 100,
         idle_timeout_ms: 600,
-        ..ServerConfig::default()
+        ..ServerConfig::unthrottled()
     }
 }
 
@@ -52,7 +52,7 @@ async fn a_peer_that_answers_nothing_is_closed_after_the_idle_timeout() {
 async fn the_maximum_connection_duration_closes_even_busy_connections() {
     let config = ServerConfig {
         max_connection_ms: 300,
-        ..ServerConfig::default()
+        ..ServerConfig::unthrottled()
     };
     let server = TestServer::start_with(config).await;
     let mut c = server.v1("ann").await;

@@ -292,7 +292,7 @@ async fn an_admin_token_is_required_when_configured() {
     let token = "s3cret-admin-token-0123";
     let server = TestServer::start_with(ServerConfig {
         admin_token: Some(token.into()),
-        ..ServerConfig::default()
+        ..ServerConfig::unthrottled()
     })
     .await;
     let http = reqwest::Client::new();

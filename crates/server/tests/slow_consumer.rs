@@ -15,7 +15,7 @@ const MESSAGES: u64 = 300;
 async fn a_reader_that_stops_is_closed_with_1013_and_others_get_everything() {
     let config = ServerConfig {
         outbound_queue: 8,
-        ..ServerConfig::default()
+        ..ServerConfig::unthrottled()
     };
     let server = TestServer::start_with(config).await;
 

@@ -24,6 +24,12 @@ impl ServerProcess {
         if !args.contains(&"--listen") {
             cmd.args(["--listen", "127.0.0.1:0"]);
         }
+        // Every client here is 127.0.0.1 and some send fast: the Internet-facing limits are off
+        // unless a test sets them (flags and its own `env` win over these).
+        cmd.env("DYNAMOWAVE_MESSAGES_PER_SECOND", "0")
+            .env("DYNAMOWAVE_MAX_CONNECTIONS", "0")
+            .env("DYNAMOWAVE_CONNECTIONS_PER_IP_PER_SECOND", "0")
+            .env("DYNAMOWAVE_MAX_CONNECTIONS_PER_IP", "0");
         cmd.args(args)
             .envs(env.iter().copied())
             .env("RUST_LOG", "warn")
