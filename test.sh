@@ -37,6 +37,17 @@ fi
 # The validator reports errors on stdout: show them only when it fails.
 out=$("$venv/bin/openapi-spec-validator" docs/openapi.yaml 2>&1) || { printf '%s\n' "$out"; exit 1; }
 
+step "deploy/systemd/dynamowave.service passes systemd-analyze verify"
+need_apt systemd-analyze systemd
+unit_dir=$(mktemp -d)
+# verify checks that ExecStart exists: point it at the binary built here.
+sed "s|/usr/local/bin/dynamowave|$PWD/target/debug/dynamowave|" deploy/systemd/dynamowave.service >"$unit_dir/dynamowave.service"
+cargo build --quiet -p dynamowave
+# It prints unknown keys and bad values as warnings with exit code 0: any output fails.
+out=$(cd "$unit_dir" && systemd-analyze verify dynamowave.service 2>&1) || true
+rm -rf "$unit_dir"
+[ -z "$out" ] || { printf '%s\n' "$out"; exit 1; }
+
 step "two wscat users chat as in the AWS tutorial"
 cargo build --quiet -p dynamowave
 scripts/wscat-chat.sh target/debug/dynamowave
