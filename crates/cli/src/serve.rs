@@ -261,6 +261,11 @@ impl ServeArgs {
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = args.into_config()?;
+    if running_as_root() {
+        tracing::warn!(
+            "running as root: run the server as an unprivileged user (see deploy/systemd/dynamowave.service)"
+        );
+    }
     let (listen, data_dir) = (config.listen, config.data_dir.clone());
     // Open the store first: the line below promises a server that accepts connections.
     let server = dynamowave_server::Server::open(config).await?;
@@ -274,6 +279,17 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     );
     server.serve(listener, shutdown_signal()).await?;
     Ok(())
+}
+
+/// The owner of `/proc/self` is the process's effective user.
+fn running_as_root() -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+    }
+    #[cfg(not(target_os = "linux"))]
+    false
 }
 
 async fn shutdown_signal() {
