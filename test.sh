@@ -52,5 +52,15 @@ step "two wscat users chat as in the AWS tutorial"
 cargo build --quiet -p dynamowave
 scripts/wscat-chat.sh target/debug/dynamowave
 
+step "hostile input: the Autobahn WebSocket conformance cases (kosoku) against the server"
+cargo build --quiet -p dynamowave
+scripts/autobahn.sh target/debug/dynamowave
+
+step "hostile input: schemathesis against docs/openapi.yaml and a real server"
+scripts/schemathesis.sh target/debug/dynamowave
+
+step "hostile input: the cargo-fuzz target type-checks (it runs on nightly, by hand: fuzz/README.md)"
+cargo check --quiet --manifest-path fuzz/Cargo.toml --target-dir target/fuzz-check
+
 step "the chat page in a real browser (headless Chromium)"
 scripts/browser-tests.sh

@@ -11,13 +11,17 @@
 //! - `backup.rs`: `dynamowave backup`, an online snapshot of a store.
 //! - `restore.rs`: `dynamowave restore`, a new data directory at a point in time.
 //! - `dlq.rs`: `dynamowave dlq`, the dead-letter queue of a running server.
+//! - `token.rs`: `dynamowave token`, an HS256 token for development (`auth = jwt`).
+//! - `rekey.rs`: `dynamowave rekey`, moves stored rows to the newest encryption key.
 
 mod backup;
 mod bench;
 mod chat;
 mod dlq;
+mod rekey;
 mod restore;
 mod serve;
+mod token;
 
 use clap::{Parser, Subcommand};
 
@@ -46,6 +50,12 @@ enum Command {
     Restore(restore::RestoreArgs),
     /// List, show, replay or purge a running server's dead letters.
     Dlq(dlq::DlqArgs),
+    /// Rewrite stored messages and dead letters under the newest encryption key, while the
+    /// server keeps serving.
+    Rekey(rekey::RekeyArgs),
+    /// Print an HS256 token for a server with --auth jwt (development; reads the same
+    /// --config and DYNAMOWAVE_JWT_SECRET as serve).
+    Token(token::TokenArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -68,6 +78,8 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Backup(args)) => backup::run(args),
         Some(Command::Restore(args)) => restore::run(args),
         Some(Command::Dlq(args)) => runtime.block_on(dlq::run(args)),
+        Some(Command::Rekey(args)) => rekey::run(args),
+        Some(Command::Token(args)) => token::run(args),
         None => runtime.block_on(serve::run(serve::ServeArgs::from_env())),
     }
 }

@@ -168,7 +168,7 @@ pub struct LimitArgs {
     /// Open connections in all; over it the upgrade answers 503; 0 is no limit [default: 10000].
     #[arg(long, env = "DYNAMOWAVE_MAX_CONNECTIONS", help_heading = "Limits")]
     pub max_connections: Option<usize>,
-    /// Milliseconds from TCP accept to a finished WebSocket upgrade [default: 10000].
+    /// Milliseconds from TCP accept until the request headers are read, TLS included [default: 10000].
     #[arg(long, env = "DYNAMOWAVE_HANDSHAKE_TIMEOUT_MS", help_heading = "Limits")]
     pub handshake_timeout_ms: Option<u64>,
     /// Rooms one connection may be in at once [default: 100].
@@ -178,7 +178,7 @@ pub struct LimitArgs {
         help_heading = "Limits"
     )]
     pub max_rooms_per_connection: Option<usize>,
-    /// $connect/$disconnect handled at once, reserved apart from messages [default: 64].
+    /// $connect/$disconnect handled at once, reserved apart from messages [default: 1024].
     #[arg(long, env = "DYNAMOWAVE_CONNECT_CONCURRENCY", help_heading = "Limits")]
     pub connect_concurrency: Option<usize>,
     /// Frames handled at once across all connections [default: 1024].
@@ -198,7 +198,8 @@ impl ServeArgs {
         EnvOnly::parse_from(["dynamowave"]).args
     }
 
-    fn into_config(self) -> anyhow::Result<ServerConfig> {
+    /// The merged settings (`dynamowave rekey` shares this with `serve`).
+    pub(crate) fn into_config(self) -> anyhow::Result<ServerConfig> {
         let mut c = match &self.config {
             Some(path) => ServerConfig::from_toml_file(path)?,
             None => ServerConfig::default(),
@@ -267,17 +268,60 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         );
     }
     let (listen, data_dir) = (config.listen, config.data_dir.clone());
+    let auth = config.auth.mode;
     // Open the store first: the line below promises a server that accepts connections.
     let server = dynamowave_server::Server::open(config).await?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
-    println!(
-        "DynamoWave chat on ws://{addr}/ws (data in {}) - try: npx wscat -c ws://{addr}/ws",
-        data_dir.display()
-    );
+    if auth == dynamowave_server::config::AuthMode::None && !addr.ip().to_canonical().is_loopback()
+    {
+        tracing::warn!(
+            %addr,
+            "auth is none on a non-loopback address: anyone who reaches it may connect under any \
+             name; use --auth jwt (docs/security.md)"
+        );
+    }
+    // Watched before the line below: a SIGHUP (`systemctl reload`) right after it must not
+    // kill the server, with or without TLS.
+    reload_on_sighup(server.tls())?;
+    if server.tls().is_some() {
+        println!(
+            "DynamoWave chat on wss://{addr}/ws and https://{addr}/ (data in {}) - try: npx wscat -c wss://{addr}/ws",
+            data_dir.display()
+        );
+    } else {
+        println!(
+            "DynamoWave chat on ws://{addr}/ws (data in {}) - try: npx wscat -c ws://{addr}/ws",
+            data_dir.display()
+        );
+    }
     server.serve(listener, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// SIGHUP re-reads the TLS certificate and key: new handshakes get the new certificate,
+/// established connections go on; a pair that does not load is logged and the old one kept.
+/// Without TLS there is nothing to reload, and the signal is only logged.
+fn reload_on_sighup(tls: Option<dynamowave_server::tls::TlsFiles>) -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("cannot watch SIGHUP (TLS certificate reloads)")?;
+        tokio::spawn(async move {
+            while hangup.recv().await.is_some() {
+                match &tls {
+                    Some(tls) => {
+                        tls.reload_logged();
+                    }
+                    None => tracing::info!("SIGHUP: no TLS certificate to reload"),
+                }
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    let _ = tls;
     Ok(())
 }
 

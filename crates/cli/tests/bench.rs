@@ -87,3 +87,27 @@ fn remote_targets_need_allow_remote() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--allow-remote"));
 }
+
+/// The flood scenario of issue 6 item 11 at a tiny size, against a server with the default
+/// rate limits: the flooder is refused and closed with 1008 while the others get everything.
+/// (The latency comparison with and without the flood is in docs/security.md.)
+#[test]
+fn a_flooder_is_rate_limited_and_closed_while_the_room_gets_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path(), &["--messages-per-second", "10"], &[]);
+    let r = bench(
+        &server,
+        "fanout --members 10 --senders 10 --rate 2 --duration 2 --protocol v1 --flood-rate 2000",
+    );
+    assert_all_delivered(&r);
+    let flood = &r["flood"];
+    assert!(flood["rateLimited"].as_u64().unwrap() > 0, "{flood}");
+    assert_eq!(flood["closeCode"], 1008, "{flood}");
+    assert!(
+        flood["closeReason"]
+            .as_str()
+            .unwrap()
+            .contains("rate limit"),
+        "{flood}"
+    );
+}

@@ -114,3 +114,26 @@ async fn sigterm_closes_every_socket_with_1001_and_exits_cleanly() {
         other => panic!("{other:?}"),
     }
 }
+
+/// `systemctl reload` sends SIGHUP: without TLS there is nothing to reload, and the server (and
+/// its connections) must carry on rather than die of the signal's default action.
+#[tokio::test]
+async fn sighup_without_tls_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path(), &[], &[]);
+    let mut c = joined(&server.ws_url("ann"), "r").await;
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &server.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (ack, _) = c.send_and_ack("r", "still here", "m1").await.unwrap();
+    assert!(matches!(ack, ServerFrame::Ack { .. }), "{ack:?}");
+    let mut fresh = joined(&server.ws_url("bob"), "r").await;
+    let (ack, _) = fresh
+        .send_and_ack("r", "new connection", "m2")
+        .await
+        .unwrap();
+    assert!(matches!(ack, ServerFrame::Ack { .. }), "{ack:?}");
+}

@@ -4,12 +4,16 @@
 //! # Layout
 //!
 //! - [`Client`]: a v1 connection (`dynamowave.v1` subprotocol). [`Client::connect`] returns
-//!   after the server's `connected` frame; the `send_*`/`join`/... methods write one frame;
+//!   after the server's `connected` frame ([`Client::connect_with_token`] sends a JWT as
+//!   `Authorization: Bearer`, [`Client::connect_request`] any headers of the caller's); the `send_*`/`join`/... methods write one frame;
 //!   [`Client::next`] reads the next [`ServerFrame`].
 //! - [`CompatClient`]: a connection without subprotocol, exactly what `wscat` does.
 //! - [`FrameSender`] / [`FrameReceiver`]: either client split in two, to write from one task and
 //!   read from another without copying frames (the load generator).
 //! - [`ClientError`]: what can go wrong, with the close code when the server closed.
+//!
+//! `wss://` URLs work too (rustls, trusting the webpki roots); `connect_with` takes a
+//! [`Connector`] for other trust, e.g. a test's self-signed certificate.
 
 use std::time::Duration;
 
@@ -26,6 +30,7 @@ use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub use dynamowave_core::protocol;
+pub use tokio_tungstenite::Connector;
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -59,13 +64,51 @@ impl Client {
     /// Connects to `url` (e.g. `ws://127.0.0.1:8080/ws?name=alice`) with the v1 subprotocol and
     /// waits for the `connected` frame.
     pub async fn connect(url: &str) -> Result<Self, ClientError> {
+        Self::connect_with(url, None).await
+    }
+
+    /// [`Client::connect`] with a TLS connector of the caller's for `wss://` (`None`: the
+    /// default, webpki roots).
+    pub async fn connect_with(url: &str, tls: Option<Connector>) -> Result<Self, ClientError> {
+        Self::connect_request(url.into_client_request()?, tls).await
+    }
+
+    /// [`Client::connect`] with `Authorization: Bearer TOKEN`, for a server with `auth = jwt`.
+    pub async fn connect_with_token(url: &str, token: &str) -> Result<Self, ClientError> {
         let mut request = url.into_client_request()?;
-        request.headers_mut().insert(
-            "Sec-WebSocket-Protocol",
-            HeaderValue::from_static(SUBPROTOCOL_V1),
-        );
+        let bearer = HeaderValue::from_str(&format!("Bearer {token}"))
+            .map_err(|e| ClientError::Protocol(format!("the token cannot be a header: {e}")))?;
+        request
+            .headers_mut()
+            .insert(tungstenite::http::header::AUTHORIZATION, bearer);
+        Self::connect_request(request, None).await
+    }
+
+    /// Connects with a request the caller built (headers such as `Origin` or `Authorization`,
+    /// more subprotocols such as `dynamowave.token.<JWT>`): `dynamowave.v1` is offered first.
+    pub async fn connect_request(
+        mut request: tungstenite::handshake::client::Request,
+        tls: Option<Connector>,
+    ) -> Result<Self, ClientError> {
+        let offered = request
+            .headers()
+            .get("Sec-WebSocket-Protocol")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        let protocols = if offered.split(',').any(|p| p.trim() == SUBPROTOCOL_V1) {
+            HeaderValue::from_str(offered)
+        } else if offered.is_empty() {
+            Ok(HeaderValue::from_static(SUBPROTOCOL_V1))
+        } else {
+            HeaderValue::from_str(&format!("{SUBPROTOCOL_V1}, {offered}"))
+        }
+        .map_err(|e| ClientError::Protocol(format!("bad Sec-WebSocket-Protocol: {e}")))?;
+        request
+            .headers_mut()
+            .insert("Sec-WebSocket-Protocol", protocols);
         let (socket, _) =
-            tokio_tungstenite::connect_async_with_config(request, Some(config()), true).await?;
+            tokio_tungstenite::connect_async_tls_with_config(request, Some(config()), true, tls)
+                .await?;
         let mut client = Client {
             socket,
             connected: ServerFrame::Left {
@@ -219,8 +262,14 @@ pub struct CompatClient {
 
 impl CompatClient {
     pub async fn connect(url: &str) -> Result<Self, ClientError> {
+        Self::connect_with(url, None).await
+    }
+
+    /// [`CompatClient::connect`] with a TLS connector of the caller's for `wss://`.
+    pub async fn connect_with(url: &str, tls: Option<Connector>) -> Result<Self, ClientError> {
         let (socket, _) =
-            tokio_tungstenite::connect_async_with_config(url, Some(config()), true).await?;
+            tokio_tungstenite::connect_async_tls_with_config(url, Some(config()), true, tls)
+                .await?;
         Ok(CompatClient { socket })
     }
 

@@ -440,6 +440,8 @@ pub enum PresenceEvent {
 pub struct Limits {
     pub max_frame_bytes: usize,
     pub max_message_bytes: usize,
+    /// Rooms one connection may be in at once; a `join` beyond it is refused (`bad_request`).
+    pub max_rooms_per_connection: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

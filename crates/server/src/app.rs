@@ -1,12 +1,10 @@
 //! Wiring: the shared state, the router, and `run`.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
 use axum::routing::get;
-use axum::serve::ListenerExt;
 use dynamowave_core::error::close_code;
 use dynamowave_core::handlers::Services;
 use dynamowave_core::ports::{ConnectionStore, StoreError};
@@ -30,6 +28,10 @@ pub struct AppState {
     pub config: Arc<ServerConfig>,
     /// Turns true when the server starts shutting down.
     pub shutting_down: watch::Receiver<bool>,
+    /// `[limits]`: connection caps, rates and the reserved capacity (see [`crate::limits`]).
+    pub limiter: Arc<crate::limits::Limiter>,
+    /// Origin check and authentication of `GET /ws` (keys read at start).
+    pub guard: Arc<crate::identity::Guard>,
 }
 
 impl AppState {
@@ -37,6 +39,7 @@ impl AppState {
         Limits {
             max_frame_bytes: config.max_frame_bytes,
             max_message_bytes: config.max_message_bytes,
+            max_rooms_per_connection: config.limits.max_rooms_per_connection,
         }
     }
 }
@@ -65,6 +68,8 @@ pub enum ServerError {
     Store(#[from] StoreError),
     #[error("serving failed: {0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// Serves chat on `listener` until `shutdown` resolves: [`Server::open`] then [`Server::serve`].
@@ -81,6 +86,10 @@ pub struct Server {
     store: Arc<SqliteStore>,
     hub: Arc<Hub>,
     config: ServerConfig,
+    /// IP lists, TLS (its certificate read at open), require-tls, handshake timeout.
+    gate: crate::listener::Gate,
+    /// Origin check and authentication of `GET /ws`; its keys are read at open.
+    guard: Arc<crate::identity::Guard>,
 }
 
 impl Server {
@@ -88,13 +97,36 @@ impl Server {
     /// connections a previous process left behind. No client can connect before this is done.
     pub async fn open(config: ServerConfig) -> Result<Self, ServerError> {
         config.validate()?;
+        // Before the store: a certificate that does not load stops the start.
+        let gate = crate::listener::Gate::new(&config)?;
+        // Also before the store: a key file that does not load stops the start.
+        let guard = Arc::new(crate::identity::Guard::from_config(&config)?);
+        // Also before the store: encryption keys that do not load stop the start.
+        let keys = crate::store::cipher::keyring_at_start(&config.encryption)?;
         let hub = Arc::new(Hub::default());
-        let store = Arc::new(SqliteStore::open(&config.data_dir, hub.clone())?);
+        let store = Arc::new(SqliteStore::open_with_keys(
+            &config.data_dir,
+            hub.clone(),
+            keys,
+        )?);
+        // Rows under a key that is not configured could not be read: refuse to start.
+        crate::store::cipher::refuse_unknown_keys(&store, &config.data_dir).await?;
         let purged = store.purge_stale().await?;
         if purged > 0 {
             tracing::info!(purged, "removed connections left by a previous process");
         }
-        Ok(Server { store, hub, config })
+        Ok(Server {
+            store,
+            hub,
+            config,
+            gate,
+            guard,
+        })
+    }
+
+    /// The certificate files when TLS is on, to reload them (`dynamowave serve` does on SIGHUP).
+    pub fn tls(&self) -> Option<crate::tls::TlsFiles> {
+        self.gate.tls().cloned()
     }
 
     /// Serves chat on `listener` until `shutdown` resolves, then closes every socket with 1001,
@@ -104,7 +136,13 @@ impl Server {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServerError> {
-        let Server { store, hub, config } = self;
+        let Server {
+            store,
+            hub,
+            config,
+            gate,
+            guard,
+        } = self;
         crate::telemetry::prometheus();
         let (stop, shutting_down) = watch::channel(false);
         let state = AppState {
@@ -116,8 +154,10 @@ impl Server {
             },
             hub: hub.clone(),
             dead_letters: Arc::new(DeadLetters::new(store.clone(), hub.clone())),
+            limiter: Arc::new(crate::limits::Limiter::new(&config.limits)),
             config: Arc::new(config),
             shutting_down,
+            guard,
         };
         let grace = state.config.shutdown_grace();
         let app = router(state.clone());
@@ -134,21 +174,14 @@ impl Server {
                 hub.close_all(close_code::GOING_AWAY, "server shutting down");
             }
         };
-        // Chat frames are small and latency-bound: Nagle's algorithm would hold them back.
-        let listener = listener.tap_io(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-            }
-        });
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(signal)
-        .await?;
+        // IP lists, TLS or plaintext, TCP_NODELAY, the handshake timeout: crate::listener.
+        let deadline = crate::listener::serve(listener, app, gate, grace, signal).await?;
 
         // Every connection task holds a receiver; they are all gone when the tasks have ended.
-        if tokio::time::timeout(grace, stop.closed()).await.is_err() {
+        if tokio::time::timeout_at(deadline, stop.closed())
+            .await
+            .is_err()
+        {
             tracing::warn!(
                 left = hub.connection_count(),
                 "connections still open after the grace period"

@@ -140,7 +140,8 @@ pub struct LimitsConfig {
     pub per_ip_exempt: Vec<ipnet::IpNet>,
     /// Open connections in all; over it the upgrade answers 503. 0 is no limit.
     pub max_connections: usize,
-    /// Time from TCP accept to a finished upgrade (TLS and HTTP included).
+    /// Time from TCP accept until the request headers are read (TLS handshake included); also
+    /// the header-read timeout of later requests on a keep-alive connection.
     pub handshake_timeout_ms: u64,
     /// Rooms one connection may be in at once.
     pub max_rooms_per_connection: usize,
@@ -167,7 +168,9 @@ impl Default for LimitsConfig {
             max_connections: 10_000,
             handshake_timeout_ms: 10_000,
             max_rooms_per_connection: 100,
-            connect_concurrency: 64,
+            // Low budgets make a connect burst queue, and each waiting connection holds its
+            // read buffer: 64 cost ~4 KiB per idle connection in `bench idle`.
+            connect_concurrency: 1024,
             message_concurrency: 1024,
         }
     }

@@ -24,7 +24,7 @@ use dynamowave_core::handlers::{HandlerError, Session, connect, disconnect, disp
 use dynamowave_core::ports::{Disconnected, Outbox};
 use dynamowave_core::protocol::{Identity, Mode, SUBPROTOCOL_V1};
 use dynamowave_core::types::now_ms;
-use dynamowave_core::{ChatError, ConnectionId, UserName};
+use dynamowave_core::{ChatError, ConnectionId};
 use futures_util::SinkExt;
 use tokio::sync::mpsc;
 
@@ -32,14 +32,17 @@ use crate::api::ApiError;
 use crate::app::AppState;
 use crate::dlq::{DeadLetterKind, NewDeadLetter};
 use crate::hub::{ConnectionHandle, Outgoing};
+use crate::limits::{ConnectionPermit, FrameGate, Verdict, frame_id};
 
 /// Frames written per flush when the outbound queue has a backlog.
 const WRITE_BATCH: usize = 64;
 /// How long a closing connection waits for the client's close frame.
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
 
-/// Takes the WebSocket upgrade. `?name=` names the user (a guest name otherwise); offering the
-/// `dynamowave.v1` subprotocol selects v1 mode, anything else is compat mode.
+/// Takes the WebSocket upgrade. A browser's `Origin` must be allowed, then the client is who its
+/// token says (`auth = jwt`) or who `?name=` says (a guest name otherwise; `auth = none`), all
+/// before the upgrade (`crate::identity`); offering the `dynamowave.v1` subprotocol selects v1
+/// mode, anything else is compat mode. Only `dynamowave.v1` is ever selected, never a token.
 pub async fn upgrade(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -54,12 +57,12 @@ pub async fn upgrade(
         ))
         .into_response();
     }
-    let user = match params.get("name") {
-        Some(name) => match UserName::parse(name) {
-            Ok(user) => user,
-            Err(e) => return ApiError(e).into_response(),
-        },
-        None => UserName::guest(),
+    // Connection caps and the per-IP rate first: an attempt refused later (origin, token)
+    // still spends its token. The permit gives the counts back when dropped, however the
+    // connection ends (or the upgrade fails).
+    let permit = match state.limiter.admit(peer.ip()) {
+        Ok(permit) => permit,
+        Err(refusal) => return refusal.into_response(),
     };
     let mode = if ws
         .requested_protocols()
@@ -69,6 +72,15 @@ pub async fn upgrade(
     } else {
         Mode::Compat
     };
+    // The origin check, then who the client is: a verified token (auth = jwt) or `?name=`.
+    let offered: Vec<&str> = ws
+        .requested_protocols()
+        .filter_map(|p| p.to_str().ok())
+        .collect();
+    let admitted = match state.guard.admit(&headers, &params, &offered, mode) {
+        Ok(admitted) => admitted,
+        Err(refusal) => return refusal.into_response(),
+    };
     let identity = Identity {
         source_ip: peer.ip().to_string(),
         user_agent: headers
@@ -77,7 +89,10 @@ pub async fn upgrade(
             .unwrap_or("")
             .to_owned(),
     };
-    let session = Session::new(ConnectionId::generate(), user, mode, identity);
+    let mut session = Session::new(ConnectionId::generate(), admitted.user, mode, identity);
+    if let Some(rooms) = admitted.rooms {
+        session.restrict_rooms(rooms);
+    }
     let config = &state.config;
     ws.protocols([SUBPROTOCOL_V1])
         .max_frame_size(config.max_frame_bytes)
@@ -85,7 +100,7 @@ pub async fn upgrade(
         // A small read buffer keeps idle connections cheap (it grows for large messages), and
         // tungstenite zeroes it on every read attempt, once per loop iteration here.
         .read_buffer_size(1024)
-        .on_upgrade(move |socket| serve_connection(socket, state, session))
+        .on_upgrade(move |socket| serve_connection(socket, state, session, permit))
 }
 
 /// Writes to the socket for the handlers. `feed` buffers; the loop flushes once per batch.
@@ -189,8 +204,14 @@ fn is_too_large(e: &axum::Error) -> bool {
         .is_some_and(|e| matches!(e, tungstenite::Error::Capacity(_)))
 }
 
-/// One connection's task: `$connect`, the read/write loop, `$disconnect`.
-pub async fn serve_connection(socket: WebSocket, state: AppState, mut session: Session) {
+/// One connection's task: `$connect`, the read/write loop, `$disconnect`. `permit` is the
+/// connection's share of the connection caps, given back when this returns.
+pub async fn serve_connection(
+    socket: WebSocket,
+    state: AppState,
+    mut session: Session,
+    permit: ConnectionPermit,
+) {
     let (queue, mut outbound) = mpsc::channel(state.config.outbound_queue);
     let handle = Arc::new(ConnectionHandle::new(&session, queue));
     state.hub.register(handle.clone());
@@ -203,7 +224,13 @@ pub async fn serve_connection(socket: WebSocket, state: AppState, mut session: S
     };
     tracing::debug!(connection = %session.id, user = %session.user, mode = session.mode.as_str(), "connected");
 
-    match connect::handle(&mut session, services, &mut out).await {
+    // `$connect` and `$disconnect` run on their own budget (connect-concurrency), never behind
+    // frame handling.
+    let connected = {
+        let _reserved = state.limiter.connect_permit().await;
+        connect::handle(&mut session, services, &mut out).await
+    };
+    match connected {
         Ok(()) if out.flush().await.is_ok() => {
             if *shutting_down.borrow() {
                 out.close(close_code::GOING_AWAY, "server shutting down")
@@ -233,11 +260,16 @@ pub async fn serve_connection(socket: WebSocket, state: AppState, mut session: S
     }
 
     dead_letter_unsent(&state, &handle, &mut out, &mut outbound).await;
-    if let Err(e) = disconnect::handle(&mut session, services).await {
+    let disconnected = {
+        let _reserved = state.limiter.connect_permit().await;
+        disconnect::handle(&mut session, services).await
+    };
+    if let Err(e) = disconnected {
         // The row is purged at the next start; nothing else depends on it.
         tracing::warn!(connection = %session.id, error = %e, "$disconnect could not delete the row");
     }
     state.hub.unregister(&session.id);
+    drop(permit);
     tracing::debug!(connection = %session.id, "disconnected");
 }
 
@@ -323,6 +355,8 @@ async fn read_write_loop(
         config.ping_interval(),
     );
     keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The connection's frame rate (messages-per-second): one atomic and a strike count.
+    let mut gate: FrameGate = state.limiter.frame_gate();
     loop {
         // A close requested while this task was busy (say, a slow consumer blocked in a write)
         // goes before anything else; select! alone would pick among ready branches at random.
@@ -376,8 +410,40 @@ async fn read_write_loop(
                 }
             }
             frame = out.socket.recv() => {
+                // Text and binary frames take a token; pings, pongs and closes do not. A frame
+                // over the rate is not handled: the client is told when to send it again.
+                if let Some(Ok(data @ (Message::Text(_) | Message::Binary(_)))) = &frame {
+                    match gate.check() {
+                        Verdict::Pass => {}
+                        Verdict::Limited { retry_after_ms } => {
+                            session.touch();
+                            let id = match data {
+                                Message::Text(text) => frame_id(text.as_str()),
+                                _ => None,
+                            };
+                            let e = state.limiter.rate_limited(retry_after_ms);
+                            if send_error(out, id.as_deref(), &e).await.is_err()
+                                || out.flush().await.is_err()
+                            {
+                                return;
+                            }
+                            continue;
+                        }
+                        Verdict::Abuse => {
+                            let reason = state.limiter.abuse_close_reason();
+                            tracing::info!(connection = %session.id, source_ip = %session.identity.source_ip, %reason, "closing an abusive connection");
+                            out.close(close_code::POLICY_VIOLATION, &reason).await;
+                            return;
+                        }
+                    }
+                }
                 let result = match frame {
-                    Some(Ok(Message::Text(text))) => dispatch(session, services, text.as_str(), out).await,
+                    Some(Ok(Message::Text(text))) => {
+                        // Frame handling has its own budget (message-concurrency), apart from
+                        // $connect/$disconnect.
+                        let _permit = state.limiter.message_permit().await;
+                        dispatch(session, services, text.as_str(), out).await
+                    }
                     Some(Ok(Message::Binary(_))) => {
                         session.touch();
                         let e = ChatError::bad_request(

@@ -10,10 +10,17 @@
 //!   reads frames into the core's handlers and writes the outbound queue to the socket.
 //! - [`hub`]: the in-process fan-out: room membership, one bounded queue per connection, and
 //!   delivery of each committed message serialized once.
+//! - [`identity`]: who may open a WebSocket, before the upgrade: the origin check and
+//!   authentication (JWT on `$connect`: its `sub` is the user, its `rooms` claim the rooms).
 //! - [`api`]: the management API: `/@connections/{id}` as in API Gateway, `/rooms/{room}/...`,
 //!   `/dlq/...`, its admin guard and its JSON errors.
 //! - [`dlq`]: dead letters: posts the server accepted and could not deliver, kept durably for
 //!   replay.
+//! - [`limits`]: `[limits]`: connection caps and rates checked before the upgrade, the
+//!   per-connection frame rate, and the reserved `$connect`/`$disconnect` capacity.
+//! - [`listener`]: the accept loop: IP allow/deny lists, TLS or plaintext per connection,
+//!   require-tls, the handshake timeout, graceful shutdown of HTTP connections.
+//! - [`tls`]: the rustls server config and its certificate, reloadable while serving.
 //! - [`telemetry`]: `GET /metrics` (Prometheus).
 //! - [`store`]: store adapters; [`store::sqlite`] is the embedded, group-committing store.
 //! - [`web`]: the browser chat page at `/`, embedded in the binary (`web/`).
@@ -24,8 +31,12 @@ pub mod config;
 pub mod dlq;
 pub mod gateway;
 pub mod hub;
+pub mod identity;
+pub mod limits;
+pub mod listener;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod web;
 
 pub use app::{AppState, Server, ServerError, router, run};

@@ -420,8 +420,10 @@ const handlers = {
     const gen = state.gen;
     const later = (fn) => setTimeout(() => gen === state.gen && state.ready && fn(), retryAfter);
 
+    // rate_limited: the server said when to try again, and nothing was done: always retry.
+    const retryable = frame.code === 'unavailable' || frame.code === 'rate_limited';
     if (rec) {
-      if (frame.code === 'unavailable' && rec.tries < UNAVAILABLE_RETRIES) {
+      if (frame.code === 'rate_limited' || (frame.code === 'unavailable' && rec.tries < UNAVAILABLE_RETRIES)) {
         rec.tries += 1;
         rec.sentGen = -1; // resend it (same id) after the delay, or after the next join
         later(() => trySend(rec));
@@ -432,7 +434,7 @@ const handlers = {
         const room = state.rooms.get(rec.room);
         if (room) sendJoin(room);
       }
-    } else if (action === 'join' && frame.code === 'unavailable') {
+    } else if (action === 'join' && retryable) {
       later(() => {
         const room = state.rooms.get(roomName);
         if (room && room.joinedGen !== state.gen) sendJoin(room);
@@ -442,7 +444,7 @@ const handlers = {
       if (room) {
         room.loadingOlder = false;
         if (room === state.shown) renderOlder(room);
-        if (frame.code === 'unavailable') later(() => requestHistory(room, request.older ? room.seqs[0] : null));
+        if (retryable) later(() => requestHistory(room, request.older ? room.seqs[0] : null));
       }
     } else if (action === 'ping' || action === 'members') {
       return; // not worth troubling the user

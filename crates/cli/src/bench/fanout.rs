@@ -48,6 +48,10 @@ pub struct FanoutArgs {
     /// Seconds to wait for stragglers after the last send.
     #[arg(long, default_value_t = 5.0)]
     pub drain: f64,
+    /// One more client floods the room with this many msgs/s while the senders run (0: none),
+    /// to see the others' latency hold while the server rate-limits and closes it.
+    #[arg(long, default_value_t = 0.0)]
+    pub flood_rate: f64,
 }
 
 pub async fn run(a: FanoutArgs) -> anyhow::Result<Report> {
@@ -60,9 +64,10 @@ pub async fn run(a: FanoutArgs) -> anyhow::Result<Report> {
         a.rate > 0.0 && a.duration > 0.0,
         "--rate and --duration must be positive"
     );
+    anyhow::ensure!(a.flood_rate >= 0.0, "--flood-rate must be 0 or positive");
     let params = json!({
         "members": a.members, "senders": a.senders, "rate": a.rate, "duration": a.duration,
-        "payload": a.payload, "protocol": a.protocol.as_str(),
+        "payload": a.payload, "protocol": a.protocol.as_str(), "flood_rate": a.flood_rate,
     });
     let bar = progress(a.common.json);
     bar.set_message("connecting");
@@ -124,6 +129,13 @@ pub async fn run(a: FanoutArgs) -> anyhow::Result<Report> {
         probed.load(Ordering::Relaxed)
     );
 
+    let flood = if a.flood_rate > 0.0 {
+        let conn = load::connect(&a.common.url, a.protocol, Some(&a.room)).await?;
+        Some(Flooder::start(conn, &a))
+    } else {
+        None
+    };
+
     let started = run.clock.micros();
     let period = Duration::from_secs_f64(1.0 / a.rate);
     let per_sender = (a.rate * a.duration).round() as u64;
@@ -171,7 +183,7 @@ pub async fn run(a: FanoutArgs) -> anyhow::Result<Report> {
     readers.abort_all();
     drop(senders);
     let connections = (members, connect_failures);
-    Ok(Report::of_deliveries(
+    let mut report = Report::of_deliveries(
         "fanout",
         &a.common,
         params,
@@ -179,5 +191,81 @@ pub async fn run(a: FanoutArgs) -> anyhow::Result<Report> {
         &run,
         started,
         expected,
-    ))
+    );
+    if let Some(flood) = flood {
+        report.flood = Some(flood.finish().await);
+    }
+    Ok(report)
+}
+
+/// The flooding client of `--flood-rate`: sends as fast as asked and counts how the server
+/// answered (rate_limited errors, the close code).
+struct Flooder {
+    sender: tokio::task::JoinHandle<u64>,
+    reader: tokio::task::JoinHandle<Option<(u16, String)>>,
+    rate_limited: Arc<AtomicUsize>,
+}
+
+impl Flooder {
+    fn start(conn: load::Conn, a: &FanoutArgs) -> Self {
+        let (mut tx, mut rx) = (conn.tx, conn.rx);
+        let (protocol, room) = (a.protocol, a.room.clone());
+        // Batches once per millisecond: the timer's resolution.
+        let per_ms = a.flood_rate / 1000.0;
+        let total = (a.flood_rate * a.duration).round() as u64;
+        let sender = tokio::spawn(async move {
+            let mut tick = load::pacer(Duration::from_millis(1), Duration::ZERO);
+            let (mut sent, mut owed) = (0u64, 0.0f64);
+            while sent < total {
+                tick.tick().await;
+                owed += per_ms;
+                while owed >= 1.0 && sent < total {
+                    owed -= 1.0;
+                    let frame = load::send_frame(protocol, &room, "flood", None);
+                    if tx.send_text(frame).await.is_err() {
+                        return sent;
+                    }
+                    sent += 1;
+                }
+            }
+            sent
+        });
+        let rate_limited = Arc::new(AtomicUsize::new(0));
+        let counted = rate_limited.clone();
+        let reader = tokio::spawn(async move {
+            loop {
+                match rx.next_text().await {
+                    Ok(text) => {
+                        if text.as_str().contains("\"rate_limited\"") {
+                            counted.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    Err(dynamowave_client::ClientError::Closed { code, reason }) => {
+                        return Some((code, reason));
+                    }
+                    Err(_) => return None,
+                }
+            }
+        });
+        Flooder {
+            sender,
+            reader,
+            rate_limited,
+        }
+    }
+
+    async fn finish(self) -> serde_json::Value {
+        let sent = self.sender.await.unwrap_or(0);
+        // A server that never closes the flooder leaves the reader waiting: give it a moment.
+        let closed = match tokio::time::timeout(Duration::from_secs(2), self.reader).await {
+            Ok(Ok(closed)) => closed,
+            _ => None,
+        };
+        json!({
+            "sent": sent,
+            "rateLimited": self.rate_limited.load(Ordering::Relaxed),
+            "closeCode": closed.as_ref().map(|c| c.0),
+            "closeReason": closed.map(|c| c.1),
+        })
+    }
 }

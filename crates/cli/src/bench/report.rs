@@ -60,6 +60,9 @@ pub struct Report {
     pub server_rss_bytes: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rss_per_connection_bytes: Option<f64>,
+    /// `fanout --flood-rate`: what the flooding client sent and how the server answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flood: Option<serde_json::Value>,
     /// Set when `--json` was given.
     #[serde(skip)]
     pub json: bool,
@@ -158,6 +161,9 @@ impl Report {
                 rss as f64 / 1048576.0,
                 per
             );
+        }
+        if let Some(flood) = &self.flood {
+            out += &format!("  flooder      {flood}\n");
         }
         print!("{out}");
     }

@@ -14,6 +14,8 @@ pub struct ServerProcess {
     child: Child,
     /// `127.0.0.1:PORT`, read from the line the server prints at start.
     pub addr: String,
+    /// The server printed `wss://` (TLS on) rather than `ws://`.
+    pub tls: bool,
 }
 
 impl ServerProcess {
@@ -39,18 +41,21 @@ impl ServerProcess {
         let stdout = child.stdout.take().unwrap();
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line).unwrap();
-        // "DynamoWave chat on ws://127.0.0.1:PORT/ws (data in ...) - try: ..."
+        // "DynamoWave chat on ws://127.0.0.1:PORT/ws (data in ...) - try: ...", or with TLS
+        // "DynamoWave chat on wss://127.0.0.1:PORT/ws and https://127.0.0.1:PORT/ (...)".
+        let tls = line.contains(" on wss://");
         let addr = line
-            .split("ws://")
+            .split(if tls { "wss://" } else { "ws://" })
             .nth(1)
             .and_then(|rest| rest.split("/ws").next())
             .unwrap_or_else(|| panic!("no address in {line:?}"))
             .to_owned();
-        ServerProcess { child, addr }
+        ServerProcess { child, addr, tls }
     }
 
     pub fn ws_url(&self, name: &str) -> String {
-        format!("ws://{}/ws?name={name}", self.addr)
+        let scheme = if self.tls { "wss" } else { "ws" };
+        format!("{scheme}://{}/ws?name={name}", self.addr)
     }
 
     pub fn pid(&self) -> u32 {

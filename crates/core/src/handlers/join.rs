@@ -6,7 +6,7 @@
 //! [`Session::accept_live`], which only passes seqs past what was delivered.
 
 use super::{HandlerError, Services, Session};
-use crate::error::StoreError;
+use crate::error::{ChatError, StoreError};
 use crate::ports::Outbox;
 use crate::protocol::{HistoryQuery, MAX_HISTORY_LIMIT, PresenceEvent, ServerFrame};
 use crate::types::{RoomId, Seq};
@@ -19,6 +19,15 @@ pub async fn handle(
     after: Option<Seq>,
 ) -> Result<(), HandlerError> {
     let already_member = session.is_member(&room);
+    let max_rooms = services.limits.max_rooms_per_connection;
+    if !already_member && session.rooms.len() >= max_rooms {
+        metrics::counter!("dynamowave_rate_limited_total", "scope" => "rooms").increment(1);
+        return Err(ChatError::bad_request(format!(
+            "too many rooms: a connection may be in at most {max_rooms} rooms at once \
+             (max-rooms-per-connection); leave one before joining {room}"
+        ))
+        .into());
+    }
     let head = enter(session, services, &room).await?;
     out.send_text(
         ServerFrame::Joined {

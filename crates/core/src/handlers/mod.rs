@@ -16,7 +16,7 @@ pub mod sendmessage;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::error::ChatError;
+use crate::error::{ChatError, ErrorCode};
 use crate::ports::{
     ConnectionRecord, ConnectionStore, Disconnected, MessageLog, Outbox, RoomMembership,
 };
@@ -47,6 +47,9 @@ pub struct Session {
     /// Joined rooms with the last seq delivered in each, which filters live messages that a
     /// replay already sent. A connection is in few rooms, so a Vec beats a map here.
     rooms: Vec<(RoomId, Seq)>,
+    /// The only rooms this connection may join, post to and read (a token's `rooms` claim);
+    /// `None`: any room.
+    allowed_rooms: Option<Vec<RoomId>>,
 }
 
 impl Session {
@@ -60,6 +63,7 @@ impl Session {
             connected_at: now,
             last_active: Arc::new(AtomicU64::new(now)),
             rooms: Vec::new(),
+            allowed_rooms: None,
         }
     }
 
@@ -118,6 +122,54 @@ impl Session {
         self.rooms.iter().find(|(r, _)| r == room).map(|(_, s)| *s)
     }
 
+    /// Limits the rooms this connection may join, post to and read (and list the members of).
+    pub fn restrict_rooms(&mut self, rooms: Vec<RoomId>) {
+        self.allowed_rooms = Some(rooms);
+    }
+
+    /// Whether the connection may use `room` (see [`Session::restrict_rooms`]).
+    pub fn may_use(&self, room: &RoomId) -> bool {
+        self.allowed_rooms
+            .as_ref()
+            .is_none_or(|allowed| allowed.contains(room))
+    }
+
+    /// `forbidden` for a frame naming a room the connection may not use; checked before any
+    /// route, so no handler can forget it.
+    fn authorize(&self, frame: &ClientFrame<'_>) -> Result<(), ChatError> {
+        let Some(allowed) = &self.allowed_rooms else {
+            return Ok(());
+        };
+        let room = match (self.mode, frame) {
+            (Mode::Compat, ClientFrame::SendMessage { .. }) => RoomId::default_room(),
+            (
+                Mode::V1,
+                ClientFrame::SendMessage {
+                    room: Some(room), ..
+                },
+            )
+            | (Mode::V1, ClientFrame::Join { room, .. })
+            | (Mode::V1, ClientFrame::History { room, .. })
+            | (Mode::V1, ClientFrame::Members { room }) => room.clone(),
+            _ => return Ok(()),
+        };
+        if allowed.contains(&room) {
+            return Ok(());
+        }
+        let list = match allowed.len() {
+            0 => "no room".to_owned(),
+            _ => allowed
+                .iter()
+                .map(RoomId::as_str)
+                .collect::<Vec<_>>()
+                .join(", "),
+        };
+        Err(ChatError::new(
+            ErrorCode::Forbidden,
+            format!("room {room} is not allowed for this connection (its token allows: {list})"),
+        ))
+    }
+
     fn remove_room(&mut self, room: &RoomId) -> bool {
         let before = self.rooms.len();
         self.rooms.retain(|(r, _)| r != room);
@@ -172,6 +224,9 @@ pub async fn dispatch(
         Err(e) => return send_error(out, None, &e.into()).await,
     };
     let request_id = frame.request_id().map(str::to_owned);
+    if let Err(e) = session.authorize(&frame) {
+        return send_error(out, request_id.as_deref(), &e).await;
+    }
     let result = match (session.mode, frame) {
         (_, ClientFrame::SendMessage { room, data, id }) => {
             sendmessage::handle(session, services, out, room, data, id).await

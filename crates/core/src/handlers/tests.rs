@@ -61,6 +61,7 @@ fn services() -> Services {
         limits: Limits {
             max_frame_bytes: 1024,
             max_message_bytes: 4096,
+            max_rooms_per_connection: 100,
         },
     }
 }

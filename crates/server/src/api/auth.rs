@@ -92,8 +92,10 @@ mod tests {
             },
             dead_letters: Arc::new(DeadLetters::new(store, hub.clone())),
             hub,
+            limiter: Arc::new(crate::limits::Limiter::new(&config.limits)),
             config: Arc::new(config),
             shutting_down: tokio::sync::watch::channel(false).1,
+            guard: Arc::new(crate::identity::Guard::open()),
         };
         let peer: SocketAddr = peer.parse().unwrap();
         let app = router(state).layer(MockConnectInfo(peer));

@@ -29,11 +29,14 @@ use rusqlite::{
 use tokio::sync::{mpsc, oneshot};
 
 use crate::dlq::{Claim, DeadLetter, DeadLetterKind, NewDeadLetter, Purge};
+use crate::store::cipher::{self, Keyring, Row};
 
 /// Most commands applied in one transaction.
 pub const MAX_BATCH: usize = 1024;
 /// Commands that may wait for the writer before senders wait too (backpressure).
 const QUEUE_DEPTH: usize = 8192;
+/// The same for the priority lane (connection-table commands; see [`Command::is_priority`]).
+const PRIORITY_QUEUE_DEPTH: usize = 4096;
 /// Idle reader connections kept open.
 const READER_POOL: usize = 4;
 
@@ -53,6 +56,8 @@ CREATE TABLE IF NOT EXISTS messages (
     -- Set by DELETE /rooms/{room}/messages/{seq}: the row stays as a tombstone, so a
     -- point-in-time restore to before the deletion brings the message back.
     deleted_at INTEGER,
+    -- The key `data` is encrypted under (store/cipher.rs); NULL: `data` is plaintext.
+    key_id TEXT,
     PRIMARY KEY (room, seq)
 );
 CREATE UNIQUE INDEX IF NOT EXISTS messages_idempotency ON messages (room, user, id);
@@ -81,7 +86,9 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     attempts    INTEGER NOT NULL DEFAULT 1,
     last_error  TEXT,
     replayed_at INTEGER,
-    replayed_to TEXT
+    replayed_to TEXT,
+    -- The key `payload` is encrypted under (store/cipher.rs); NULL: `payload` is plaintext.
+    key_id TEXT
 );
 ";
 
@@ -107,21 +114,57 @@ enum Command {
     Shutdown(oneshot::Sender<()>),
 }
 
+impl Command {
+    /// Commands of `$connect`, `$disconnect` and `join`/`leave` (the connections table, the
+    /// memberships, a room's creation) go through the priority lane: the writer takes them
+    /// before queued appends, so a login's commit never waits behind a message flood (the
+    /// original's reserved concurrency). They commute with appends: none reads what an append
+    /// writes, and `create_room` of an existing room is a no-op.
+    fn is_priority(&self) -> bool {
+        matches!(
+            self,
+            Command::InsertConnection(..)
+                | Command::RemoveConnection(..)
+                | Command::AddMembership(..)
+                | Command::RemoveMembership(..)
+                | Command::PurgeConnections(..)
+                | Command::CreateRoom(..)
+        )
+    }
+}
+
 /// The SQLite adapter of [`MessageLog`] and [`ConnectionStore`].
 pub struct SqliteStore {
     writer: mpsc::Sender<Command>,
+    /// The writer's priority lane, drained before `writer` on every batch.
+    priority: mpsc::Sender<Command>,
     readers: Arc<ReaderPool>,
     /// Committed heads of the rooms seen since start, so `head` (every join, history and
     /// members request) rarely needs a read. The writer updates it after each commit.
     heads: Arc<RwLock<HashMap<RoomId, u64>>>,
     writer_thread: Mutex<Option<thread::JoinHandle<()>>>,
+    /// Encryption at rest (store/cipher.rs): message bodies and dead-letter payloads are
+    /// sealed on the writer thread and opened on the reader threads. `None`: plaintext.
+    keys: Option<Arc<Keyring>>,
     // Held for the store's life: the OS lock on `LOCK` keeps other processes out.
     _lock: File,
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) the store in `dir` and starts its writer thread.
+    /// Opens (creating if needed) the store in `dir` and starts its writer thread. Writes
+    /// plaintext; see [`SqliteStore::open_with_keys`].
     pub fn open(dir: &Path, listener: Arc<dyn CommitListener>) -> Result<Self, OpenError> {
+        Self::open_with_keys(dir, listener, None)
+    }
+
+    /// [`SqliteStore::open`], encrypting message bodies and dead-letter payloads under the
+    /// newest of `keys` (each of them decrypts). Rows written before encryption was turned on
+    /// stay readable.
+    pub fn open_with_keys(
+        dir: &Path,
+        listener: Arc<dyn CommitListener>,
+        keys: Option<Arc<Keyring>>,
+    ) -> Result<Self, OpenError> {
         fs::create_dir_all(dir).map_err(|e| OpenError::Io(dir.to_owned(), e))?;
         let lock_path = dir.join("LOCK");
         let lock = File::create(&lock_path).map_err(|e| OpenError::Io(lock_path.clone(), e))?;
@@ -132,8 +175,14 @@ impl SqliteStore {
         let conn = open_writer(&path).map_err(|e| OpenError::Sqlite(path.clone(), e))?;
 
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        let (priority_tx, priority_rx) = mpsc::channel(PRIORITY_QUEUE_DEPTH);
+        // Only to wait on both lanes at once: no I/O or timer driver, no worker threads.
+        let waiter = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .map_err(|e| OpenError::Io(path.clone(), e))?;
         let heads = Arc::new(RwLock::new(HashMap::new()));
         let committed_heads = heads.clone();
+        let writer_keys = keys.clone();
         let writer_thread = thread::Builder::new()
             .name("dynamowave-sqlite-writer".into())
             .spawn(move || {
@@ -142,18 +191,21 @@ impl SqliteStore {
                     heads: HashMap::new(),
                     committed_heads,
                     listener,
+                    keys: writer_keys,
                 }
-                .run(rx)
+                .run(priority_rx, rx, waiter)
             })
             .map_err(|e| OpenError::Io(path.clone(), e))?;
         Ok(SqliteStore {
             writer: tx,
+            priority: priority_tx,
             heads,
             readers: Arc::new(ReaderPool {
                 path,
                 idle: Mutex::new(Vec::new()),
             }),
             writer_thread: Mutex::new(Some(writer_thread)),
+            keys,
             _lock: lock,
         })
     }
@@ -177,10 +229,13 @@ impl SqliteStore {
 
     async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, StoreError> {
         let (reply, answer) = oneshot::channel();
-        self.writer
-            .send(make(reply))
-            .await
-            .map_err(|_| StoreError::Closed)?;
+        let command = make(reply);
+        let lane = if command.is_priority() {
+            &self.priority
+        } else {
+            &self.writer
+        };
+        lane.send(command).await.map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -206,7 +261,8 @@ impl Drop for SqliteStore {
             .take();
         if let Some(handle) = handle {
             let (tx, _) = mpsc::channel(1);
-            drop(std::mem::replace(&mut self.writer, tx));
+            drop(std::mem::replace(&mut self.writer, tx.clone()));
+            drop(std::mem::replace(&mut self.priority, tx));
             let _ = handle.join();
         }
     }
@@ -227,7 +283,7 @@ pub enum OpenError {
 
 /// The writer's connection: WAL (readers never block it), `synchronous=FULL` (a commit is
 /// fsync'd before it returns, so an ack survives power loss), and the schema.
-fn open_writer(path: &Path) -> rusqlite::Result<Connection> {
+pub(crate) fn open_writer(path: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
@@ -247,6 +303,21 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     if !has_deleted_at {
         conn.execute_batch("ALTER TABLE messages ADD COLUMN deleted_at INTEGER")?;
     }
+    for table in ["messages", "dead_letters"] {
+        let has_key_id: bool = conn.query_row(
+            "SELECT COUNT(*) > 0 FROM pragma_table_info(?1) WHERE name = 'key_id'",
+            [table],
+            |r| r.get(0),
+        )?;
+        if !has_key_id {
+            conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN key_id TEXT"))?;
+        }
+    }
+    // Which keys the store uses, found without a scan (`SqliteStore::unknown_keys`). Partial:
+    // plaintext rows (encryption off) add nothing to it.
+    conn.execute_batch(
+        "CREATE INDEX IF NOT EXISTS messages_key_id ON messages (key_id) WHERE key_id IS NOT NULL",
+    )?;
     Ok(())
 }
 
@@ -289,6 +360,8 @@ struct Writer {
     heads: HashMap<RoomId, u64>,
     committed_heads: Arc<RwLock<HashMap<RoomId, u64>>>,
     listener: Arc<dyn CommitListener>,
+    /// Seals new message bodies and dead-letter payloads; `None`: plaintext.
+    keys: Option<Arc<Keyring>>,
 }
 
 /// What to tell a caller once the batch's fate is known.
@@ -302,14 +375,41 @@ enum Pending {
 }
 
 impl Writer {
-    fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+    /// Takes every command waiting (up to [`MAX_BATCH`]), the priority lane's first, applies
+    /// them in one transaction, and again; sleeps while both lanes are empty. Stops on
+    /// `Shutdown`, or when both lanes are closed and drained.
+    fn run(
+        mut self,
+        mut priority: mpsc::Receiver<Command>,
+        mut rx: mpsc::Receiver<Command>,
+        waiter: tokio::runtime::Runtime,
+    ) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
-        while let Some(first) = rx.blocking_recv() {
-            batch.push(first);
-            while batch.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(cmd) => batch.push(cmd),
-                    Err(_) => break,
+        loop {
+            for lane in [&mut priority, &mut rx] {
+                while batch.len() < MAX_BATCH {
+                    match lane.try_recv() {
+                        Ok(cmd) => batch.push(cmd),
+                        Err(_) => break,
+                    }
+                }
+            }
+            if batch.is_empty() {
+                let next = waiter.block_on(async {
+                    tokio::select! {
+                        biased;
+                        Some(cmd) = priority.recv() => Some(cmd),
+                        Some(cmd) = rx.recv() => Some(cmd),
+                        else => None,
+                    }
+                });
+                match next {
+                    // Then take whatever else is waiting, priority first.
+                    Some(cmd) => {
+                        batch.push(cmd);
+                        continue;
+                    }
+                    None => return,
                 }
             }
             let stop = self.apply(&mut batch);
@@ -349,7 +449,14 @@ impl Writer {
             }
             match cmd {
                 Command::Append(m, reply) => {
-                    let result = append(&tx, &mut self.heads, &mut touched, m, ts);
+                    let result = append(
+                        &tx,
+                        self.keys.as_deref(),
+                        &mut self.heads,
+                        &mut touched,
+                        m,
+                        ts,
+                    );
                     if let Ok(a) = &result
                         && !a.duplicate
                     {
@@ -427,11 +534,13 @@ impl Writer {
                     pending.push(Pending::Deletion(reply, result));
                 }
                 Command::AddDeadLetter(entry, reply) => {
-                    let result = add_dead_letter(&tx, &entry, ts).map_err(backend);
+                    let result =
+                        add_dead_letter(&tx, self.keys.as_deref(), &entry, ts).map_err(backend);
                     pending.push(Pending::Count(reply, result));
                 }
                 Command::ClaimDeadLetter(id, to, reply) => {
-                    let result = claim_dead_letter(&tx, id, &to, ts).map_err(backend);
+                    let result =
+                        claim_dead_letter(&tx, self.keys.as_deref(), id, &to, ts).map_err(backend);
                     pending.push(Pending::Claim(reply, result));
                 }
                 Command::ReleaseDeadLetter(id, error, reply) => {
@@ -560,6 +669,7 @@ fn head(
 
 fn append(
     tx: &Transaction<'_>,
+    keys: Option<&Keyring>,
     heads: &mut HashMap<RoomId, u64>,
     touched: &mut HashMap<RoomId, u64>,
     m: NewMessage,
@@ -567,15 +677,21 @@ fn append(
 ) -> Result<Appended, StoreError> {
     let original = tx
         .prepare_cached(
-            "SELECT seq, data, ts FROM messages WHERE room = ?1 AND user = ?2 AND id = ?3",
+            "SELECT seq, data, ts, key_id FROM messages WHERE room = ?1 AND user = ?2 AND id = ?3",
         )
         .and_then(|mut s| {
             s.query_row([m.room.as_str(), m.user.as_str(), &m.id], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, i64>(2)?,
-                ))
+                let seq = r.get::<_, i64>(0)?;
+                let row = Row::Message {
+                    room: m.room.as_str(),
+                    seq: seq as u64,
+                    user: m.user.as_str(),
+                    id: &m.id,
+                };
+                let data =
+                    cipher::stored_text(keys, &row, r.get_ref(3)?.as_str_or_null()?, r.get_ref(1)?)
+                        .map_err(|e| cipher::row_error(1, e))?;
+                Ok((seq, data, r.get::<_, i64>(2)?))
             })
             .optional()
         })
@@ -595,8 +711,30 @@ fn append(
         });
     }
     let seq = head(tx, heads, &m.room).map_err(backend)?.unwrap_or(0) + 1;
+    // Encrypted: one buffer, nonce ‖ ciphertext ‖ tag, bound to the row (store/cipher.rs).
+    let sealed = match keys {
+        Some(k) => {
+            let row = Row::Message {
+                room: m.room.as_str(),
+                seq,
+                user: m.user.as_str(),
+                id: &m.id,
+            };
+            let sealed = k.seal(&row, m.data.as_bytes()).map_err(|e| {
+                tracing::error!(error = %e, "cannot encrypt a message");
+                StoreError::Backend(e.to_string())
+            })?;
+            Some(sealed)
+        }
+        None => None,
+    };
+    let (key_id, data): (Option<&str>, &dyn rusqlite::ToSql) = match &sealed {
+        Some((key_id, blob)) => (Some(*key_id), blob),
+        None => (None, &m.data),
+    };
     tx.prepare_cached(
-        "INSERT INTO messages (room, seq, id, user, data, ts) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO messages (room, seq, id, user, data, ts, key_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )
     .and_then(|mut s| {
         s.execute(params![
@@ -604,8 +742,9 @@ fn append(
             seq as i64,
             m.id,
             m.user.as_str(),
-            m.data,
-            ts as i64
+            data,
+            ts as i64,
+            key_id
         ])
     })
     .map_err(backend)?;
@@ -660,7 +799,19 @@ fn delete(tx: &Transaction<'_>, room: &RoomId, seq: Seq, ts: u64) -> rusqlite::R
     })
 }
 
-fn add_dead_letter(tx: &Transaction<'_>, e: &NewDeadLetter, ts: u64) -> rusqlite::Result<u64> {
+fn add_dead_letter(
+    tx: &Transaction<'_>,
+    keys: Option<&Keyring>,
+    e: &NewDeadLetter,
+    ts: u64,
+) -> rusqlite::Result<u64> {
+    // Encrypted, the payload is bound to the row's id, known after the insert: the row goes
+    // in with an empty payload and gets its ciphertext in the same transaction.
+    let payload = if keys.is_some() {
+        ""
+    } else {
+        e.payload.as_str()
+    };
     tx.prepare_cached(
         "INSERT INTO dead_letters (created_at, kind, target, user, reason, payload)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -671,15 +822,35 @@ fn add_dead_letter(tx: &Transaction<'_>, e: &NewDeadLetter, ts: u64) -> rusqlite
         e.target,
         e.user,
         e.reason,
-        e.payload.as_str()
+        payload
     ])?;
-    Ok(tx.last_insert_rowid() as u64)
+    let id = tx.last_insert_rowid() as u64;
+    if let Some(keys) = keys {
+        let row = Row::DeadLetter {
+            id,
+            kind: e.kind.as_str(),
+            target: &e.target,
+            created_at: ts,
+        };
+        let (key_id, blob) = keys
+            .seal(&row, e.payload.as_bytes())
+            .map_err(|e| cipher::row_error(6, e))?;
+        tx.prepare_cached("UPDATE dead_letters SET payload = ?2, key_id = ?3 WHERE id = ?1")?
+            .execute(params![id as i64, blob, key_id])?;
+    }
+    Ok(id)
 }
 
-fn claim_dead_letter(tx: &Transaction<'_>, id: u64, to: &str, ts: u64) -> rusqlite::Result<Claim> {
+fn claim_dead_letter(
+    tx: &Transaction<'_>,
+    keys: Option<&Keyring>,
+    id: u64,
+    to: &str,
+    ts: u64,
+) -> rusqlite::Result<Claim> {
     let Some(entry) = tx
         .prepare_cached(&format!("{DEAD_LETTER_COLS} WHERE id = ?1"))?
-        .query_row([id as i64], dead_letter_row)
+        .query_row([id as i64], |r| dead_letter_row(r, keys))
         .optional()?
     else {
         return Ok(Claim::NotFound);
@@ -693,19 +864,31 @@ fn claim_dead_letter(tx: &Transaction<'_>, id: u64, to: &str, ts: u64) -> rusqli
 }
 
 const DEAD_LETTER_COLS: &str = "SELECT id, created_at, kind, target, user, reason, payload, \
-     attempts, last_error, replayed_at, replayed_to FROM dead_letters";
+     attempts, last_error, replayed_at, replayed_to, key_id FROM dead_letters";
 
-fn dead_letter_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeadLetter> {
+/// A dead letter of [`DEAD_LETTER_COLS`], its payload decrypted with `keys` when encrypted.
+fn dead_letter_row(r: &rusqlite::Row<'_>, keys: Option<&Keyring>) -> rusqlite::Result<DeadLetter> {
     let kind: String = r.get(2)?;
+    let id = r.get::<_, i64>(0)? as u64;
+    let created_at = r.get::<_, i64>(1)? as u64;
+    let target: String = r.get(3)?;
+    let row = Row::DeadLetter {
+        id,
+        kind: &kind,
+        target: &target,
+        created_at,
+    };
+    let payload = cipher::stored_text(keys, &row, r.get_ref(11)?.as_str_or_null()?, r.get_ref(6)?)
+        .map_err(|e| cipher::row_error(6, e))?;
     Ok(DeadLetter {
-        id: r.get::<_, i64>(0)? as u64,
-        created_at: r.get::<_, i64>(1)? as u64,
+        id,
+        created_at,
         // Only this server writes the table; an unknown kind is from a newer version.
         kind: DeadLetterKind::parse(&kind).unwrap_or(DeadLetterKind::PostToConnection),
-        target: r.get(3)?,
+        target,
         user: r.get(4)?,
         reason: r.get(5)?,
-        payload: r.get(6)?,
+        payload,
         attempts: r.get::<_, i64>(7)? as u32,
         last_error: r.get(8)?,
         replayed_at: r.get::<_, Option<i64>>(9)?.map(|t| t as u64),
@@ -729,15 +912,31 @@ fn save_heads(
     Ok(())
 }
 
-fn message_row(room: &RoomId, r: &rusqlite::Row<'_>) -> rusqlite::Result<Arc<ChatMessage>> {
+/// A message of the columns `seq, id, user, data, ts, key_id`, its body decrypted with `keys`
+/// when encrypted (on the reader threads).
+fn message_row(
+    room: &RoomId,
+    r: &rusqlite::Row<'_>,
+    keys: Option<&Keyring>,
+) -> rusqlite::Result<Arc<ChatMessage>> {
+    let seq = r.get::<_, i64>(0)? as u64;
+    let id: String = r.get(1)?;
     let user: String = r.get(2)?;
+    let row = Row::Message {
+        room: room.as_str(),
+        seq,
+        user: &user,
+        id: &id,
+    };
+    let data = cipher::stored_text(keys, &row, r.get_ref(5)?.as_str_or_null()?, r.get_ref(3)?)
+        .map_err(|e| cipher::row_error(3, e))?;
     Ok(Arc::new(ChatMessage {
         room: room.clone(),
-        seq: Seq(r.get::<_, i64>(0)? as u64),
-        id: r.get(1)?,
+        seq: Seq(seq),
+        id,
         // Names were validated before they were stored; a row edited by hand still loads.
         user: UserName::parse(&user).unwrap_or_else(|_| UserName::guest()),
-        data: r.get(3)?,
+        data,
         ts: r.get::<_, i64>(4)? as u64,
     }))
 }
@@ -781,10 +980,11 @@ impl MessageLog for SqliteStore {
 
     async fn read(&self, room: &RoomId, query: HistoryQuery) -> Result<Page, StoreError> {
         let room = room.clone();
+        let keys = self.keys.clone();
         self.read(move |c| {
             // Tombstones are skipped; the primary key still drives the scan.
-            const COLS: &str =
-                "SELECT seq, id, user, data, ts FROM messages WHERE room = ?1 AND deleted_at IS NULL";
+            const COLS: &str = "SELECT seq, id, user, data, ts, key_id FROM messages \
+                 WHERE room = ?1 AND deleted_at IS NULL";
             // One row past the limit tells whether there is more.
             let (sql, bound, limit, newest_first) = match query {
                 HistoryQuery::Latest { limit } => (
@@ -808,13 +1008,18 @@ impl MessageLog for SqliteStore {
             };
             let mut stmt = c.prepare_cached(&sql)?;
             let fetch = limit as i64 + 1;
-            let to_message = |r: &rusqlite::Row<'_>| message_row(&room, r);
+            let to_message = |r: &rusqlite::Row<'_>| message_row(&room, r, keys.as_deref());
             let mut messages = match bound {
                 None => stmt
                     .query_map(params![room.as_str(), fetch], to_message)?
                     .collect::<rusqlite::Result<Vec<_>>>()?,
+                // A bound past i64::MAX (any u64 is a valid `after`/`before`) must not wrap
+                // to a negative number: clamped, `after` finds nothing and `before` everything.
                 Some(s) => stmt
-                    .query_map(params![room.as_str(), fetch, s.0 as i64], to_message)?
+                    .query_map(
+                        params![room.as_str(), fetch, i64::try_from(s.0).unwrap_or(i64::MAX)],
+                        to_message,
+                    )?
                     .collect::<rusqlite::Result<Vec<_>>>()?,
             };
             let more = messages.len() > limit;
@@ -859,6 +1064,7 @@ impl SqliteStore {
         limit: usize,
         pending_only: bool,
     ) -> Result<Vec<DeadLetter>, StoreError> {
+        let keys = self.keys.clone();
         self.read(move |c| {
             let filter = if pending_only {
                 "AND replayed_at IS NULL"
@@ -868,16 +1074,21 @@ impl SqliteStore {
             c.prepare_cached(&format!(
                 "{DEAD_LETTER_COLS} WHERE id > ?1 {filter} ORDER BY id LIMIT ?2"
             ))?
-            .query_map(params![after as i64, limit as i64], dead_letter_row)?
+            // Clamped, not wrapped: `after` past i64::MAX finds nothing.
+            .query_map(
+                params![i64::try_from(after).unwrap_or(i64::MAX), limit as i64],
+                |r| dead_letter_row(r, keys.as_deref()),
+            )?
             .collect()
         })
         .await
     }
 
     pub async fn dead_letter(&self, id: u64) -> Result<Option<DeadLetter>, StoreError> {
+        let keys = self.keys.clone();
         self.read(move |c| {
             c.prepare_cached(&format!("{DEAD_LETTER_COLS} WHERE id = ?1"))?
-                .query_row([id as i64], dead_letter_row)
+                .query_row([id as i64], |r| dead_letter_row(r, keys.as_deref()))
                 .optional()
         })
         .await
@@ -892,6 +1103,61 @@ impl SqliteStore {
         })
         .await
     }
+}
+
+/// Rows under a key id that no configured key matches ([`SqliteStore::unknown_keys`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UnknownKey {
+    pub key_id: String,
+    pub messages: u64,
+    pub dead_letters: u64,
+}
+
+/// Encryption at rest (store/cipher.rs).
+impl SqliteStore {
+    /// The key ids rows are encrypted under that no configured key matches (all of them when
+    /// no key is configured), with how many rows each: those rows cannot be read. Cheap: the
+    /// ids of messages come from the `messages_key_id` index, one seek per distinct id.
+    pub async fn unknown_keys(&self) -> Result<Vec<UnknownKey>, StoreError> {
+        let keys = self.keys.clone();
+        self.read(move |c| unknown_key_rows(c, |id| keys.as_ref().is_some_and(|k| k.contains(id))))
+            .await
+    }
+}
+
+/// Rows per key id for the ids `known` rejects, by key id.
+pub(crate) fn unknown_key_rows(
+    c: &Connection,
+    known: impl Fn(&str) -> bool,
+) -> rusqlite::Result<Vec<UnknownKey>> {
+    let mut found: std::collections::BTreeMap<String, UnknownKey> = Default::default();
+    // A skip scan over the partial index: each step jumps to the next distinct key id.
+    let mut next = c.prepare_cached("SELECT min(key_id) FROM messages WHERE key_id > ?1")?;
+    let mut count = c.prepare_cached("SELECT count(*) FROM messages WHERE key_id = ?1")?;
+    let mut after = String::new();
+    while let Some(id) = next.query_row([&after], |r| r.get::<_, Option<String>>(0))? {
+        if !known(&id) {
+            let n: i64 = count.query_row([&id], |r| r.get(0))?;
+            let entry = found.entry(id.clone()).or_default();
+            entry.key_id = id.clone();
+            entry.messages = n as u64;
+        }
+        after = id;
+    }
+    // Dead letters are few: a scan.
+    let mut stmt = c.prepare_cached(
+        "SELECT key_id, count(*) FROM dead_letters WHERE key_id IS NOT NULL GROUP BY key_id",
+    )?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+    for row in rows {
+        let (id, n) = row?;
+        if !known(&id) {
+            let entry = found.entry(id.clone()).or_default();
+            entry.key_id = id;
+            entry.dead_letters = n as u64;
+        }
+    }
+    Ok(found.into_values().collect())
 }
 
 #[async_trait]

@@ -27,9 +27,11 @@ pub struct TestServer {
 }
 
 impl TestServer {
-    /// A server with default settings in a fresh temporary directory.
+    /// A server with default settings, less the Internet-facing limits
+    /// ([`ServerConfig::unthrottled`]: every client here is 127.0.0.1 and some send fast), in a
+    /// fresh temporary directory.
     pub async fn start() -> Self {
-        Self::start_with(ServerConfig::default()).await
+        Self::start_with(ServerConfig::unthrottled()).await
     }
 
     pub async fn start_with(config: ServerConfig) -> Self {
