@@ -24,16 +24,8 @@ step "tests"
 cargo test --workspace
 
 step "docs/openapi.yaml is a valid OpenAPI document"
-venv="${XDG_CACHE_HOME:-$HOME/.cache}/dynamowave/venv"
-if [ ! -x "$venv/bin/openapi-spec-validator" ]; then
-    if ! python3 -m venv "$venv" >/dev/null 2>&1; then
-        rm -rf "$venv"
-        step "installing python3-venv"
-        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv) >/dev/null
-        python3 -m venv "$venv"
-    fi
-    "$venv/bin/pip" install -q --disable-pip-version-check openapi-spec-validator==0.9.0
-fi
+. scripts/python-venv.sh
+need_pip openapi-spec-validator==0.9.0
 # The validator reports errors on stdout: show them only when it fails.
 out=$("$venv/bin/openapi-spec-validator" docs/openapi.yaml 2>&1) || { printf '%s\n' "$out"; exit 1; }
 

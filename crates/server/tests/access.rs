@@ -24,31 +24,14 @@ fn with_access(allow: &[&str], deny: &[&str]) -> ServerConfig {
     }
 }
 
-/// `dynamowave_connections_refused_total{reason}` in this process's recorder (shared by every
-/// server in this test binary: compare before and after).
-fn refused(reason: &str) -> u64 {
-    let Some(handle) = dynamowave_server::telemetry::prometheus() else {
-        return 0;
-    };
-    let prefix = format!("dynamowave_connections_refused_total{{reason=\"{reason}\"}} ");
-    handle
-        .render()
-        .lines()
-        .find_map(|line| {
-            line.strip_prefix(&prefix)
-                .map(|n| n.trim().parse().unwrap())
-        })
-        .unwrap_or(0)
-}
-
 /// Waits (up to [`WAIT`]) until the counter has grown by `by`.
 async fn counted(reason: &str, before: u64, by: u64) {
     let deadline = tokio::time::Instant::now() + WAIT;
-    while refused(reason) < before + by {
+    while common::refused_connections(reason) < before + by {
         assert!(
             tokio::time::Instant::now() < deadline,
             "{reason}: {} refusals counted, expected {}",
-            refused(reason),
+            common::refused_connections(reason),
             before + by
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -74,7 +57,7 @@ async fn request_and_read(server: &TestServer) -> Vec<u8> {
 #[tokio::test]
 async fn deny_list_closes_the_connection_without_an_answer() {
     let server = TestServer::start_with(with_access(&[], &["127.0.0.1/32"])).await;
-    let before = refused("deny_list");
+    let before = common::refused_connections("deny_list");
     assert_eq!(request_and_read(&server).await, b"");
     assert!(
         dynamowave_client::Client::connect(&server.ws_url("alice"))
@@ -88,7 +71,7 @@ async fn deny_list_closes_the_connection_without_an_answer() {
 #[tokio::test]
 async fn deny_wins_over_allow() {
     let server = TestServer::start_with(with_access(&["127.0.0.0/8"], &["127.0.0.1/32"])).await;
-    let before = refused("deny_list");
+    let before = common::refused_connections("deny_list");
     assert_eq!(request_and_read(&server).await, b"");
     counted("deny_list", before, 1).await;
     server.stop().await;
@@ -97,7 +80,7 @@ async fn deny_wins_over_allow() {
 #[tokio::test]
 async fn an_allow_list_without_the_client_refuses_it() {
     let server = TestServer::start_with(with_access(&["10.0.0.0/8"], &[])).await;
-    let before = refused("not_allowed");
+    let before = common::refused_connections("not_allowed");
     assert_eq!(request_and_read(&server).await, b"");
     assert!(
         dynamowave_client::Client::connect(&server.ws_url("alice"))
@@ -135,7 +118,7 @@ async fn handshake_timeout_drops_silent_and_slow_clients_only() {
         ..ServerConfig::unthrottled()
     })
     .await;
-    let before = refused("handshake_timeout");
+    let before = common::refused_connections("handshake_timeout");
 
     // Connected before the silent ones: an upgraded WebSocket is past its handshake and stays.
     let mut chatting = server.v1("chatting").await;

@@ -5,12 +5,11 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
-use common::{TestServer, WAIT, until};
+use common::{TestServer, until};
 use dynamowave_client::{Client, CompatClient};
 use dynamowave_core::ErrorCode;
 use dynamowave_core::protocol::ServerFrame;
@@ -19,7 +18,6 @@ use dynamowave_server::config::{AuthConfig, AuthMode};
 use jsonwebtoken::jwk::{Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
@@ -139,55 +137,9 @@ fn user_of(c: &Client) -> &str {
     }
 }
 
-/// A refused upgrade: status, headers (lower-case names) and the JSON body. A plain HTTP/1.1
-/// exchange, so the whole body is read whatever the packets.
-async fn refused(addr: SocketAddr, target: &str, headers: &[(&str, &str)]) -> (u16, String, Value) {
-    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut request = format!(
-        "GET {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-    );
-    for (name, value) in headers {
-        request.push_str(&format!("{name}: {value}\r\n"));
-    }
-    request.push_str("\r\n");
-    tcp.write_all(request.as_bytes()).await.unwrap();
-    let mut buf = Vec::new();
-    let read = async {
-        loop {
-            let mut chunk = [0u8; 4096];
-            let n = tcp.read(&mut chunk).await.unwrap();
-            buf.extend_from_slice(&chunk[..n]);
-            let text = String::from_utf8_lossy(&buf).into_owned();
-            if let Some((head, body)) = text.split_once("\r\n\r\n") {
-                let length = head
-                    .lines()
-                    .find_map(|l| {
-                        l.to_ascii_lowercase()
-                            .strip_prefix("content-length:")
-                            .map(|v| v.trim().parse::<usize>().unwrap())
-                    })
-                    .unwrap_or(0);
-                if body.len() >= length || n == 0 {
-                    return (head.to_ascii_lowercase(), body.to_owned());
-                }
-            }
-            assert!(n > 0, "the server closed before answering: {text:?}");
-        }
-    };
-    let (head, body) = tokio::time::timeout(WAIT, read).await.unwrap();
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap();
-    let body = serde_json::from_str(&body).unwrap_or(Value::String(body));
-    (status, head, body)
-}
-
 /// Asserts a 401 whose message contains `says`, and returns the message.
 async fn unauthorized(server: &TestServer, target: &str, headers: &[(&str, &str)], says: &str) {
-    let (status, head, body) = refused(server.addr, target, headers).await;
+    let (status, head, body) = common::raw_upgrade(server.addr, target, headers).await;
     assert_eq!(status, 401, "{body}");
     assert_eq!(body["code"], "unauthorized", "{body}");
     let message = body["message"].as_str().unwrap();
@@ -544,7 +496,7 @@ async fn the_token_comes_in_any_of_three_carriers() {
     )
     .await;
     // The same token twice is fine.
-    let (status, _, _) = refused(
+    let (status, _, _) = common::raw_upgrade(
         server.addr,
         &format!("/ws?token={token}"),
         &[("authorization", &bearer(&token))],
@@ -607,7 +559,7 @@ async fn the_rooms_claim_limits_join_send_history_and_members() {
 
     // A compat connection is always in general: with a rooms claim without it, 403 up front.
     let (status, _, body) =
-        refused(server.addr, &format!("/ws?token={}", hs256(claims_ab)), &[]).await;
+        common::raw_upgrade(server.addr, &format!("/ws?token={}", hs256(claims_ab)), &[]).await;
     assert_eq!(status, 403, "{body}");
     assert_eq!(body["code"], "forbidden");
     assert!(

@@ -6,12 +6,11 @@ mod common;
 
 use std::net::SocketAddr;
 
-use common::{TestServer, WAIT};
+use common::TestServer;
 use dynamowave_client::Client;
 use dynamowave_server::ServerConfig;
 use dynamowave_server::config::{AccessConfig, AuthConfig, AuthMode};
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
@@ -28,45 +27,8 @@ async fn connect_from(server: &TestServer, origin: &str) -> Result<Client, Strin
 
 /// The upgrade's answer as plain HTTP/1.1: status and JSON body.
 async fn answer(addr: SocketAddr, headers: &[(&str, &str)]) -> (u16, Value) {
-    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut request = format!(
-        "GET /ws HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-    );
-    for (name, value) in headers {
-        request.push_str(&format!("{name}: {value}\r\n"));
-    }
-    request.push_str("\r\n");
-    tcp.write_all(request.as_bytes()).await.unwrap();
-    let mut buf = Vec::new();
-    let read = async {
-        loop {
-            let mut chunk = [0u8; 4096];
-            let n = tcp.read(&mut chunk).await.unwrap();
-            buf.extend_from_slice(&chunk[..n]);
-            let text = String::from_utf8_lossy(&buf).into_owned();
-            if let Some((head, body)) = text.split_once("\r\n\r\n") {
-                let length = head
-                    .lines()
-                    .find_map(|l| {
-                        l.to_ascii_lowercase()
-                            .strip_prefix("content-length:")
-                            .map(|v| v.trim().parse::<usize>().unwrap())
-                    })
-                    .unwrap_or(0);
-                if body.len() >= length || n == 0 {
-                    return (head.to_owned(), body.to_owned());
-                }
-            }
-            assert!(n > 0, "the server closed before answering: {text:?}");
-        }
-    };
-    let (head, body) = tokio::time::timeout(WAIT, read).await.unwrap();
-    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (
-        status,
-        serde_json::from_str(&body).unwrap_or(Value::String(body)),
-    )
+    let (status, _, body) = common::raw_upgrade(addr, "/ws", headers).await;
+    (status, body)
 }
 
 /// Asserts a 403 `forbidden` whose message names `origin`.

@@ -109,23 +109,6 @@ async fn http_get(mut io: impl AsyncRead + AsyncWrite + Unpin, path: &str) -> St
     String::from_utf8_lossy(&response).into_owned()
 }
 
-/// `dynamowave_connections_refused_total{reason}` as this process's recorder has it (shared by
-/// every server in this test binary: compare before and after).
-fn refused(reason: &str) -> u64 {
-    let Some(handle) = dynamowave_server::telemetry::prometheus() else {
-        return 0;
-    };
-    let prefix = format!("dynamowave_connections_refused_total{{reason=\"{reason}\"}} ");
-    handle
-        .render()
-        .lines()
-        .find_map(|line| {
-            line.strip_prefix(&prefix)
-                .map(|n| n.trim().parse().unwrap())
-        })
-        .unwrap_or(0)
-}
-
 #[tokio::test]
 async fn wss_clients_join_send_and_receive() {
     let dir = tempfile::tempdir().unwrap();
@@ -332,7 +315,7 @@ async fn require_tls_refuses_plaintext_from_a_non_loopback_address() {
         },
         data[1].path(),
     );
-    let refused_before = refused("plaintext");
+    let refused_before = common::refused_connections("plaintext");
     let trust = client_config(&[&cert.der]);
 
     for (server, conns) in conns.into_iter().enumerate() {
@@ -396,7 +379,7 @@ async fn require_tls_refuses_plaintext_from_a_non_loopback_address() {
             "server {server}: {response}"
         );
     }
-    assert!(refused("plaintext") >= refused_before + 4);
+    assert!(common::refused_connections("plaintext") >= refused_before + 4);
 }
 
 #[tokio::test]
@@ -517,7 +500,10 @@ async fn failed_and_silent_tls_handshakes_are_dropped_and_counted() {
     let mut config = tls_server(ServerConfig::unthrottled(), &cert, false);
     config.limits.handshake_timeout_ms = 1_000;
     let server = TestServer::start_with(config).await;
-    let (tls_errors, timeouts) = (refused("tls_error"), refused("handshake_timeout"));
+    let (tls_errors, timeouts) = (
+        common::refused_connections("tls_error"),
+        common::refused_connections("handshake_timeout"),
+    );
 
     // Connected, silent: dropped after the handshake timeout (before any peek answer).
     let mut silent = TcpStream::connect(server.addr).await.unwrap();
@@ -554,7 +540,9 @@ async fn failed_and_silent_tls_handshakes_are_dropped_and_counted() {
 
     // The server counts right after closing: wait for it.
     let settle = tokio::time::Instant::now() + WAIT;
-    while refused("tls_error") < tls_errors + 2 || refused("handshake_timeout") < timeouts + 2 {
+    while common::refused_connections("tls_error") < tls_errors + 2
+        || common::refused_connections("handshake_timeout") < timeouts + 2
+    {
         assert!(tokio::time::Instant::now() < settle, "refusals counted");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -131,3 +131,73 @@ pub async fn closed(client: &mut Client) -> (u16, String) {
         }
     }
 }
+
+/// An upgrade request over a bare TCP socket, for the answers a WebSocket client library hides
+/// (401, 403, 429, 503 before the upgrade). Returns the status, the head (lower-cased) and the
+/// body as JSON (or as a string when it is not JSON). Plain HTTP/1.1: the whole body is read
+/// whatever the packets.
+pub async fn raw_upgrade(
+    addr: SocketAddr,
+    target: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String, serde_json::Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut request = format!(
+        "GET {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    );
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let read = async {
+        loop {
+            let mut chunk = [0u8; 4096];
+            let n = tcp.read(&mut chunk).await.unwrap();
+            buf.extend_from_slice(&chunk[..n]);
+            let text = String::from_utf8_lossy(&buf).into_owned();
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let length = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse::<usize>().unwrap())
+                    })
+                    .unwrap_or(0);
+                if body.len() >= length || n == 0 {
+                    return (head.to_ascii_lowercase(), body.to_owned());
+                }
+            }
+            assert!(n > 0, "the server closed before answering: {text:?}");
+        }
+    };
+    let (head, body) = tokio::time::timeout(WAIT, read).await.unwrap();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap();
+    let body = serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body));
+    (status, head, body)
+}
+
+/// `dynamowave_connections_refused_total{reason}` in this process's recorder (shared by every
+/// server in the test binary: compare before and after).
+pub fn refused_connections(reason: &str) -> u64 {
+    let Some(handle) = dynamowave_server::telemetry::prometheus() else {
+        return 0;
+    };
+    let prefix = format!("dynamowave_connections_refused_total{{reason=\"{reason}\"}} ");
+    handle
+        .render()
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix(&prefix)
+                .map(|n| n.trim().parse().unwrap())
+        })
+        .unwrap_or(0)
+}
