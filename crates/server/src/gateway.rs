@@ -206,71 +206,77 @@ fn is_too_large(e: &axum::Error) -> bool {
 
 /// One connection's task: `$connect`, the read/write loop, `$disconnect`. `permit` is the
 /// connection's share of the connection caps, given back when this returns.
-pub async fn serve_connection(
+///
+/// Written as a function returning an `async move` block rather than an `async fn`: an async
+/// fn moves its arguments into locals and keeps both copies in the task for its whole life
+/// (rust-lang/rust#62958), which idle connections would pay for (the socket alone is ~370 bytes).
+pub fn serve_connection(
     socket: WebSocket,
     state: AppState,
     mut session: Session,
     permit: ConnectionPermit,
-) {
+) -> impl Future<Output = ()> + Send {
     let (queue, mut outbound) = mpsc::channel(state.config.outbound_queue);
     let handle = Arc::new(ConnectionHandle::new(&session, queue));
     state.hub.register(handle.clone());
     let mut shutting_down = state.shutting_down.clone();
-    let services = &state.services;
     let mut out = SocketOutbox {
         socket,
         write_timeout: state.config.write_timeout(),
         unflushed_posts: Vec::new(),
     };
-    tracing::debug!(connection = %session.id, user = %session.user, mode = session.mode.as_str(), "connected");
+    async move {
+        let services = &state.services;
+        tracing::debug!(connection = %session.id, user = %session.user, mode = session.mode.as_str(), "connected");
 
-    // `$connect` and `$disconnect` run on their own budget (connect-concurrency), never behind
-    // frame handling.
-    let connected = {
-        let _reserved = state.limiter.connect_permit().await;
-        connect::handle(&mut session, services, &mut out).await
-    };
-    match connected {
-        Ok(()) if out.flush().await.is_ok() => {
-            if *shutting_down.borrow() {
-                out.close(close_code::GOING_AWAY, "server shutting down")
+        // `$connect` and `$disconnect` run on their own budget (connect-concurrency), never behind
+        // frame handling.
+        let connected = {
+            let _reserved = state.limiter.connect_permit().await;
+            connect::handle(&mut session, services, &mut out).await
+        };
+        match connected {
+            Ok(()) if out.flush().await.is_ok() => {
+                if *shutting_down.borrow() {
+                    out.close(close_code::GOING_AWAY, "server shutting down")
+                        .await;
+                } else {
+                    read_write_loop(
+                        &mut session,
+                        &state,
+                        &handle,
+                        &mut out,
+                        &mut outbound,
+                        &mut shutting_down,
+                    )
                     .await;
-            } else {
-                read_write_loop(
-                    &mut session,
-                    &state,
-                    &handle,
-                    &mut out,
-                    &mut outbound,
-                    &mut shutting_down,
+                }
+            }
+            Ok(()) | Err(HandlerError::Disconnected) => {}
+            Err(HandlerError::Chat(e)) => {
+                tracing::warn!(connection = %session.id, error = %e, "$connect failed");
+                let _ = send_error(&mut out, None, &e).await;
+                out.close(
+                    e.code.close_code(),
+                    "could not register the connection; try again",
                 )
                 .await;
             }
         }
-        Ok(()) | Err(HandlerError::Disconnected) => {}
-        Err(HandlerError::Chat(e)) => {
-            tracing::warn!(connection = %session.id, error = %e, "$connect failed");
-            let _ = send_error(&mut out, None, &e).await;
-            out.close(
-                e.code.close_code(),
-                "could not register the connection; try again",
-            )
-            .await;
-        }
-    }
 
-    dead_letter_unsent(&state, &handle, &mut out, &mut outbound).await;
-    let disconnected = {
-        let _reserved = state.limiter.connect_permit().await;
-        disconnect::handle(&mut session, services).await
-    };
-    if let Err(e) = disconnected {
-        // The row is purged at the next start; nothing else depends on it.
-        tracing::warn!(connection = %session.id, error = %e, "$disconnect could not delete the row");
+        dead_letter_unsent(&state, &handle, &mut out, &mut outbound).await;
+        let disconnected = {
+            let _reserved = state.limiter.connect_permit().await;
+            disconnect::handle(&mut session, services).await
+        };
+        if let Err(e) = disconnected {
+            // The row is purged at the next start; nothing else depends on it.
+            tracing::warn!(connection = %session.id, error = %e, "$disconnect could not delete the row");
+        }
+        state.hub.unregister(&session.id);
+        drop(permit);
+        tracing::debug!(connection = %session.id, "disconnected");
     }
-    state.hub.unregister(&session.id);
-    drop(permit);
-    tracing::debug!(connection = %session.id, "disconnected");
 }
 
 /// Dead-letters the posted payloads this connection accepted and did not deliver: those not
@@ -361,16 +367,16 @@ async fn read_write_loop(
         // A close requested while this task was busy (say, a slow consumer blocked in a write)
         // goes before anything else; select! alone would pick among ready branches at random.
         if let Some((code, reason)) = handle.close_requested() {
-            close_on_request(session, out, outbound, code, &reason).await;
+            Box::pin(close_on_request(session, out, outbound, code, &reason)).await;
             return;
         }
         tokio::select! {
             (code, reason) = &mut closed => {
-                close_on_request(session, out, outbound, code, &reason).await;
+                Box::pin(close_on_request(session, out, outbound, code, &reason)).await;
                 return;
             }
             _ = &mut max_age, if config.max_connection_ms > 0 => {
-                close_on_request(session, out, outbound, close_code::GOING_AWAY, "maximum connection duration reached; reconnect").await;
+                Box::pin(close_on_request(session, out, outbound, close_code::GOING_AWAY, "maximum connection duration reached; reconnect")).await;
                 return;
             }
             _ = keepalive.tick() => {
@@ -379,7 +385,7 @@ async fn read_write_loop(
                 let silent_ms = now_ms().saturating_sub(session.last_active.load(Ordering::Relaxed));
                 if silent_ms >= config.idle_timeout_ms {
                     let reason = format!("idle timeout: nothing received for {} s", silent_ms / 1000);
-                    close_on_request(session, out, outbound, close_code::GOING_AWAY, &reason).await;
+                    Box::pin(close_on_request(session, out, outbound, close_code::GOING_AWAY, &reason)).await;
                     return;
                 }
                 if silent_ms >= config.ping_interval_ms / 2 && out.ping().await.is_err() {
@@ -387,7 +393,7 @@ async fn read_write_loop(
                 }
             }
             _ = &mut stopping => {
-                if drain(session, out, outbound).await.is_ok() {
+                if Box::pin(drain(session, out, outbound)).await.is_ok() {
                     out.close(close_code::GOING_AWAY, "server shutting down").await;
                 }
                 return;
@@ -442,7 +448,9 @@ async fn read_write_loop(
                         // Frame handling has its own budget (message-concurrency), apart from
                         // $connect/$disconnect.
                         let _permit = state.limiter.message_permit().await;
-                        dispatch(session, services, text.as_str(), out).await
+                        // Boxed: the handlers' futures are the largest state of this loop,
+                        // and inline every idle connection would carry their size.
+                        Box::pin(dispatch(session, services, text.as_str(), out)).await
                     }
                     Some(Ok(Message::Binary(_))) => {
                         session.touch();
