@@ -86,6 +86,12 @@ pub struct SecurityArgs {
     /// Seconds of clock skew allowed on a token's exp and nbf [default: 30].
     #[arg(long, env = "DYNAMOWAVE_JWT_LEEWAY_S", help_heading = "Security")]
     pub jwt_leeway_s: Option<u64>,
+    /// The audience tokens must name in `aud` [default: none: tokens with aud are refused].
+    #[arg(long, env = "DYNAMOWAVE_JWT_AUDIENCE", help_heading = "Security")]
+    pub jwt_audience: Option<String>,
+    /// The issuer tokens must name in `iss` [default: not checked].
+    #[arg(long, env = "DYNAMOWAVE_JWT_ISSUER", help_heading = "Security")]
+    pub jwt_issuer: Option<String>,
     /// Browser origins that may connect, comma-separated [default: the page's own origin].
     #[arg(
         long,
@@ -236,6 +242,7 @@ impl ServeArgs {
         set_in!(tls, security: require_tls => require);
         set_in!(auth, security: auth => mode, jwt_leeway_s => leeway_s);
         set_opt_in!(auth, security: jwt_secret => jwt_secret, jwt_public_key => jwt_public_key, jwks => jwks);
+        set_opt_in!(auth, security: jwt_audience => audience, jwt_issuer => issuer);
         set_in!(access, security: allowed_origins => allowed_origins, allow_ips => allow_ips, deny_ips => deny_ips);
         if !self.security.encryption_key_file.is_empty() {
             c.encryption.key_files = self.security.encryption_key_file;

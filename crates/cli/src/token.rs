@@ -66,6 +66,7 @@ pub fn run(args: TokenArgs) -> anyhow::Result<()> {
         &user,
         rooms.as_deref(),
         args.ttl,
+        &file.map(|c| c.auth).unwrap_or_default(),
     )
     .context("cannot sign the token")?;
     println!("{token}");

@@ -93,6 +93,11 @@ pub struct AuthConfig {
     pub jwks: Option<PathBuf>,
     /// Clock skew allowed on `exp` and `nbf`, in seconds.
     pub leeway_s: u64,
+    /// When set, a token's `aud` must name it (as identity providers issue tokens); when not,
+    /// tokens with an `aud` are refused.
+    pub audience: Option<String>,
+    /// When set, a token's `iss` must equal it.
+    pub issuer: Option<String>,
 }
 
 impl Default for AuthConfig {
@@ -103,6 +108,8 @@ impl Default for AuthConfig {
             jwt_public_key: None,
             jwks: None,
             leeway_s: 30,
+            audience: None,
+            issuer: None,
         }
     }
 }

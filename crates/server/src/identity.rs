@@ -305,6 +305,11 @@ pub struct Claims {
 pub struct Verifier {
     keys: Keys,
     leeway_s: u64,
+    /// `auth.audience`: when set, a token's `aud` must name it; when not, tokens with `aud`
+    /// are refused (RFC 7519 4.1.3).
+    audience: Option<String>,
+    /// `auth.issuer`: when set, a token's `iss` must equal it.
+    issuer: Option<String>,
 }
 
 enum Keys {
@@ -328,6 +333,7 @@ struct RawClaims {
     exp: Option<Value>,
     nbf: Option<Value>,
     aud: Option<Value>,
+    iss: Option<Value>,
     rooms: Option<Value>,
 }
 
@@ -357,6 +363,8 @@ impl Verifier {
         Ok(Some(Verifier {
             keys,
             leeway_s: auth.leeway_s,
+            audience: auth.audience.clone(),
+            issuer: auth.issuer.clone(),
         }))
     }
 
@@ -369,6 +377,39 @@ impl Verifier {
                 source: "jwt-secret".to_owned(),
             }),
             leeway_s,
+            audience: None,
+            issuer: None,
+        }
+    }
+
+    /// RFC 7519 4.1.3: `aud` (a string or an array of strings) must name this server's
+    /// audience; without a configured audience, a token meant for some audience is refused.
+    fn check_audience(&self, aud: Option<Value>) -> Result<(), AuthFailure> {
+        let claims = |message: String| AuthFailure::new(Reason::Claims, message);
+        let aud = aud.filter(|a| !a.is_null());
+        match (&self.audience, aud) {
+            (None, None) => Ok(()),
+            (None, Some(aud)) => Err(claims(format!(
+                "the token is meant for audience {aud}, and this server has no audience \
+                 configured (auth.audience): it takes only tokens without aud"
+            ))),
+            (Some(ours), None) => Err(claims(format!(
+                "the token has no aud claim; this server is audience {ours:?} (auth.audience)"
+            ))),
+            (Some(ours), Some(aud)) => {
+                let named = match &aud {
+                    Value::String(a) => a == ours,
+                    Value::Array(list) => list.iter().any(|a| a.as_str() == Some(ours)),
+                    _ => false,
+                };
+                if named {
+                    Ok(())
+                } else {
+                    Err(claims(format!(
+                        "the token is meant for audience {aud}, not this server's {ours:?} (auth.audience)"
+                    )))
+                }
+            }
         }
     }
 
@@ -477,12 +518,21 @@ impl Verifier {
                 ),
             ));
         }
-        if let Some(aud) = raw.aud.filter(|a| !a.is_null()) {
-            // RFC 7519 4.1.3: a server that is not named in `aud` must refuse the token.
-            return Err(claims(format!(
-                "the token is meant for audience {aud}, and this server has no audience \
-                 configured: it takes only tokens without aud"
-            )));
+        self.check_audience(raw.aud)?;
+        if let Some(issuer) = &self.issuer {
+            match raw.iss {
+                Some(Value::String(iss)) if iss == *issuer => {}
+                Some(other) => {
+                    return Err(claims(format!(
+                        "the token was issued by {other}, and this server takes tokens of {issuer:?} (auth.issuer)"
+                    )));
+                }
+                None => {
+                    return Err(claims(format!(
+                        "the token has no iss claim; this server takes tokens of {issuer:?} (auth.issuer)"
+                    )));
+                }
+            }
         }
         let user = match raw.sub {
             Some(Value::String(sub)) => UserName::parse(&sub).map_err(|e| {
@@ -725,6 +775,7 @@ pub fn mint_hs256(
     user: &UserName,
     rooms: Option<&[RoomId]>,
     ttl: Duration,
+    auth: &AuthConfig,
 ) -> Result<String, jsonwebtoken::errors::Error> {
     let now = unix_now();
     let mut claims = serde_json::json!({
@@ -732,6 +783,13 @@ pub fn mint_hs256(
         "iat": now,
         "exp": now.saturating_add(ttl.as_secs().max(1)),
     });
+    // What the server that reads the same config will ask for.
+    if let Some(aud) = &auth.audience {
+        claims["aud"] = aud.as_str().into();
+    }
+    if let Some(iss) = &auth.issuer {
+        claims["iss"] = iss.as_str().into();
+    }
     if let Some(rooms) = rooms {
         claims["rooms"] = rooms.iter().map(|r| r.as_str()).collect::<Vec<_>>().into();
     }
@@ -967,6 +1025,52 @@ mod tests {
     }
 
     #[test]
+    fn audience_and_issuer_are_checked_when_configured() {
+        let v = Verifier {
+            audience: Some("chat".into()),
+            issuer: Some("https://id.example.com/".into()),
+            ..Verifier::hs256(SECRET, 0)
+        };
+        let now = 2_000_000_000;
+        let check = |extra: Value| {
+            let mut claims = serde_json::json!({"sub": "alice", "exp": now + 60});
+            for (k, val) in extra.as_object().unwrap() {
+                claims[k] = val.clone();
+            }
+            v.verify(&sign(claims), now)
+                .map(|_| ())
+                .map_err(|e| e.message)
+        };
+        let iss = "https://id.example.com/";
+        assert_eq!(
+            check(serde_json::json!({"aud": "chat", "iss": iss})),
+            Ok(())
+        );
+        assert_eq!(
+            check(serde_json::json!({"aud": ["billing", "chat"], "iss": iss})),
+            Ok(())
+        );
+        let e = check(serde_json::json!({"aud": "billing", "iss": iss})).unwrap_err();
+        assert!(e.contains("not this server's \"chat\""), "{e}");
+        let e = check(serde_json::json!({"iss": iss})).unwrap_err();
+        assert!(e.contains("no aud claim"), "{e}");
+        let e =
+            check(serde_json::json!({"aud": "chat", "iss": "https://evil.example/"})).unwrap_err();
+        assert!(e.contains("auth.issuer"), "{e}");
+        let e = check(serde_json::json!({"aud": "chat"})).unwrap_err();
+        assert!(e.contains("no iss claim"), "{e}");
+        // Minted for the same config, a token passes.
+        let auth = AuthConfig {
+            audience: v.audience.clone(),
+            issuer: v.issuer.clone(),
+            ..AuthConfig::default()
+        };
+        let user = UserName::parse("bob").unwrap();
+        let token = mint_hs256(SECRET, &user, None, Duration::from_secs(60), &auth).unwrap();
+        assert!(v.verify(&token, unix_now()).is_ok());
+    }
+
+    #[test]
     fn claims_are_checked_with_reasons() {
         let v = Verifier::hs256(SECRET, 30);
         let now = 2_000_000_000;
@@ -1048,7 +1152,14 @@ mod tests {
     fn minted_tokens_verify() {
         let user = UserName::parse("alice").unwrap();
         let rooms = [RoomId::parse("a").unwrap()];
-        let token = mint_hs256(SECRET, &user, Some(&rooms), Duration::from_secs(60)).unwrap();
+        let token = mint_hs256(
+            SECRET,
+            &user,
+            Some(&rooms),
+            Duration::from_secs(60),
+            &AuthConfig::default(),
+        )
+        .unwrap();
         let claims = Verifier::hs256(SECRET, 0)
             .verify(&token, unix_now())
             .unwrap();
