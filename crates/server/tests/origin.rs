@@ -101,6 +101,7 @@ async fn the_origin_is_checked_before_the_token() {
         &dynamowave_core::UserName::parse("victim").unwrap(),
         None,
         std::time::Duration::from_secs(60),
+        &AuthConfig::default(),
     )
     .unwrap();
     // A valid token (e.g. a cookie-like query a page got hold of) does not help a foreign page.
