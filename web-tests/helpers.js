@@ -11,7 +11,7 @@ import { chromium } from 'playwright-core';
 export const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 export const outputDir = path.join(repoRoot, 'test-output');
 
-const serverBin = path.resolve(repoRoot, process.env.DYNAMOWAVE_BIN ?? 'target/debug/dynamowave');
+export const serverBin = path.resolve(repoRoot, process.env.DYNAMOWAVE_BIN ?? 'target/debug/dynamowave');
 const chromiumBin = process.env.CHROMIUM_BIN ?? '/usr/bin/chromium';
 
 export const CHROMIUM_ARGS = [
@@ -32,7 +32,9 @@ export const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
  * the first time (the server prints the address it bound) and reuses it on restarts.
  */
 export class Server {
-  constructor() {
+  /** `args`: more `dynamowave serve` flags (e.g. `--auth jwt ...`). */
+  constructor(args = []) {
+    this.extraArgs = args;
     this.port = 0;
     this.dataDir = null;
     this.proc = null;
@@ -61,7 +63,7 @@ export class Server {
   }
 
   async #spawn() {
-    const args = ['serve', '--listen', `127.0.0.1:${this.port}`, '--data-dir', path.join(this.dataDir, 'data')];
+    const args = ['serve', '--listen', `127.0.0.1:${this.port}`, '--data-dir', path.join(this.dataDir, 'data'), ...this.extraArgs];
     const proc = spawn(serverBin, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? 'warn' } });
     let stdout = '';
     proc.stderr.setEncoding('utf8').on('data', (chunk) => this.log.push(chunk));

@@ -18,6 +18,10 @@ const OFFLINE_FAIL_MS = 20_000; // disconnected this long: pending messages are 
 const UNAVAILABLE_RETRIES = 5;
 const ERROR_SHOWN_MS = 15_000;
 const STORAGE_NAME = 'dynamowave.name';
+// Tokens are kept for this tab only (sessionStorage), never in localStorage or the URL.
+const STORAGE_TOKEN = 'dynamowave.token';
+// A token travels as a second offered subprotocol: never in the URL, so never in access logs.
+const TOKEN_PROTOCOL_PREFIX = 'dynamowave.token.';
 const STORAGE_ROOMS = 'dynamowave.rooms';
 
 // ---------------------------------------------------------------------------------------------
@@ -43,6 +47,7 @@ const ui = {
   joinForm: $('#join-form'),
   name: $('#name'),
   nameError: $('#name-error'),
+  token: $('#token'),
   chatScreen: $('#chat-screen'),
   status: $('#status'),
   statusText: $('#status-text'),
@@ -111,6 +116,7 @@ const byteLength = (text) => utf8.encode(text).length;
 
 const state = {
   name: '', // the user name: also the scope of message ids on the server, so it never changes
+  token: '', // a JWT for servers with --auth jwt; the server's `connected` then names the user
   connectionId: null,
   ws: null,
   gen: 0, // +1 per socket; tells replies of an old socket from the current one
@@ -173,7 +179,7 @@ function connect() {
   setStatus('connecting');
   let socket;
   try {
-    socket = new WebSocket(wsUrl(), PROTOCOL);
+    socket = new WebSocket(wsUrl(), state.token ? [PROTOCOL, TOKEN_PROTOCOL_PREFIX + state.token] : PROTOCOL);
   } catch (err) {
     showError(`Could not open a connection: ${err.message}`);
     scheduleReconnect();
@@ -334,6 +340,11 @@ const handlers = {
     state.attempt = 0;
     state.connectionId = frame.connectionId;
     if (frame.limits) state.limits = frame.limits;
+    if (frame.user && frame.user !== state.name) {
+      // With a token the server names the user (the token's subject), whatever was typed.
+      state.name = frame.user;
+      ui.me.textContent = frame.user;
+    }
     setStatus('connected');
     for (const room of state.rooms.values()) sendJoin(room);
   },
@@ -1007,9 +1018,16 @@ function roomNameError(name) {
   return null;
 }
 
-function start(name) {
+function start(name, token) {
   state.name = name;
+  state.token = token;
   storage.set(STORAGE_NAME, name);
+  try {
+    if (token) sessionStorage.setItem(STORAGE_TOKEN, token);
+    else sessionStorage.removeItem(STORAGE_TOKEN);
+  } catch {
+    // storage disabled: the token lasts until the page is closed
+  }
   ui.me.textContent = name;
   ui.joinScreen.hidden = true;
   ui.chatScreen.hidden = false;
@@ -1042,7 +1060,7 @@ ui.joinForm.addEventListener('submit', (event) => {
     ui.name.focus();
     return;
   }
-  start(name);
+  start(name, ui.token.value.trim());
 });
 
 ui.roomForm.addEventListener('submit', (event) => {
@@ -1141,6 +1159,11 @@ window.addEventListener('beforeunload', (event) => {
 // Start
 
 ui.name.value = storage.get(STORAGE_NAME) ?? '';
+try {
+  ui.token.value = sessionStorage.getItem(STORAGE_TOKEN) ?? '';
+} catch {
+  // storage disabled
+}
 ui.name.focus();
 
 // For debugging in the console only; the page itself uses no globals.
