@@ -56,3 +56,54 @@ cargo check --quiet --manifest-path fuzz/Cargo.toml --target-dir target/fuzz-che
 
 step "the chat page in a real browser (headless Chromium)"
 scripts/browser-tests.sh
+
+step "prometheus alert rules: promtool check rules + promtool test rules"
+# Debian's prometheus package carries promtool (its service, if it starts, is not used here).
+need_apt promtool prometheus
+# promtool reports on stdout even when all is well: show its output only when a check fails.
+out=$(promtool check rules deploy/prometheus/alerts.yml 2>&1) || { printf '%s\n' "$out"; exit 1; }
+out=$(promtool test rules deploy/prometheus/alerts_test.yml 2>&1) || { printf '%s\n' "$out"; exit 1; }
+# Also: the example config is valid, the Grafana dashboard is JSON whose queries parse, the rules
+# and the dashboard use only the metrics in deploy/prometheus/metrics.txt, and every runbook link
+# has its section in docs/operations.md.
+mon_dir=$(mktemp -d)
+cp deploy/prometheus/alerts.yml "$mon_dir/" && : >"$mon_dir/token"
+sed "s|/etc/prometheus/dynamowave-admin-token|$mon_dir/token|" deploy/prometheus/prometheus.yml >"$mon_dir/prometheus.yml"
+out=$(promtool check config "$mon_dir/prometheus.yml" 2>&1) || { printf '%s\n' "$out"; rm -rf "$mon_dir"; exit 1; }
+out=$(python3 - "$mon_dir/dashboard-queries.yml" <<'PY' 2>&1
+import json, re, sys
+known = {l.strip() for l in open("deploy/prometheus/metrics.txt") if l.strip() and not l.startswith("#")}
+dash = json.load(open("deploy/grafana/dynamowave.json"))
+exprs = []
+def walk(node):
+    if isinstance(node, dict):
+        if isinstance(node.get("expr"), str): exprs.append(node["expr"])
+        for v in node.values(): walk(v)
+    elif isinstance(node, list):
+        for v in node: walk(v)
+walk(dash)
+assert exprs, "no queries in the dashboard"
+with open(sys.argv[1], "w") as f:  # each query as a recording rule, for promtool to parse
+    f.write("groups:\n  - name: dashboard\n    rules:\n")
+    for i, e in enumerate(exprs):
+        e = e.replace("$__rate_interval", "5m").replace("$instance", ".*").replace("$job", "dynamowave")
+        f.write("      - record: dashboard:q%d\n        expr: %s\n" % (i, json.dumps(e)))
+rules = open("deploy/prometheus/alerts.yml").read()
+bad = []
+for where, text in [("deploy/prometheus/alerts.yml", rules), ("deploy/grafana/dynamowave.json", "\n".join(exprs))]:
+    for name in sorted(set(re.findall(r"\bdynamowave_[a-z0-9_]+", text))):
+        base = re.sub(r"_(bucket|sum|count)$", "", name)
+        if name not in known and base not in known:
+            bad.append(f"{where}: {name} is not in deploy/prometheus/metrics.txt")
+doc = open("docs/operations.md").read()
+anchors = {re.sub(r"[^a-z0-9 _-]", "", h.strip().lower()).replace(" ", "-") for h in re.findall(r"^#+ (.*)$", doc, re.M)}
+links = re.findall(r'runbook: "docs/operations\.md#([^"]+)"', rules)
+alerts = re.findall(r"^\s*- alert: (\S+)", rules, re.M)
+if len(links) != len(alerts):
+    bad.append(f"alerts.yml: {len(alerts)} alerts but {len(links)} runbook links")
+bad += [f"alerts.yml: runbook #{a} has no section in docs/operations.md" for a in links if a not in anchors]
+if bad: sys.exit("\n".join(bad))
+PY
+) || { printf '%s\n' "$out"; rm -rf "$mon_dir"; exit 1; }
+out=$(promtool check rules "$mon_dir/dashboard-queries.yml" 2>&1) || { printf '%s\n' "$out"; rm -rf "$mon_dir"; exit 1; }
+rm -rf "$mon_dir"

@@ -23,7 +23,7 @@ mod restore;
 mod serve;
 mod token;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
 #[command(
@@ -32,8 +32,24 @@ use clap::{Parser, Subcommand};
     about = "A real-time chat backend in one binary"
 )]
 struct Cli {
+    /// Log lines on stderr: readable text, or one JSON object per line. Filter with RUST_LOG
+    /// (default: info).
+    #[arg(
+        long,
+        global = true,
+        env = "DYNAMOWAVE_LOG_FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Text
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Option<Command>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -60,14 +76,28 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // tungstenite logs whole frames, message bodies included, at trace level: never with a
+    // blanket RUST_LOG=trace, only when tungstenite is named in RUST_LOG.
+    if !std::env::var("RUST_LOG").is_ok_and(|v| v.contains("tungstenite")) {
+        filter = filter.add_directive("tungstenite=info".parse().expect("a valid directive"));
+    }
+    match cli.log_format {
+        LogFormat::Text => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        // One object per line: timestamp, level, target, message and the event's fields at the
+        // top level.
+        LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init(),
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

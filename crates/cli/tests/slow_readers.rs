@@ -339,6 +339,18 @@ async fn a_stalled_reader_is_closed_with_1013_the_others_get_everything_and_memo
         "the stalled reader was cut off ({last} delivered)"
     );
     drop(stalled);
+    // Counted once (issue 7), however many fan-outs found its queue full.
+    let page = reqwest::get(format!("http://{}/metrics", server.addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.lines()
+            .any(|l| l == "dynamowave_slow_consumer_closes_total 1"),
+        "dynamowave_slow_consumer_closes_total is not 1:\n{page}"
+    );
 
     // And resumes: join after the last seq it processed, get the rest once each.
     let mut resumed = Client::connect(&server.ws_url("stalled")).await.unwrap();

@@ -17,7 +17,7 @@ use crate::config::{ConfigError, ServerConfig};
 use crate::dlq::DeadLetters;
 use crate::hub::Hub;
 use crate::store::sqlite::{OpenError, SqliteStore};
-use crate::{api, gateway, web};
+use crate::{api, gateway, health, web};
 
 /// What every request and connection task shares.
 #[derive(Clone)]
@@ -32,6 +32,8 @@ pub struct AppState {
     pub limiter: Arc<crate::limits::Limiter>,
     /// Origin check and authentication of `GET /ws` (keys read at start).
     pub guard: Arc<crate::identity::Guard>,
+    /// `GET /readyz`: the store's write probe (see [`crate::health`]).
+    pub readiness: Arc<crate::health::Readiness>,
 }
 
 impl AppState {
@@ -48,10 +50,8 @@ impl AppState {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/ws", get(gateway::upgrade))
-        .route(
-            "/healthz",
-            get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
-        )
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
         .merge(api::routes(state.clone()))
         .merge(web::routes())
         .with_state(state)
@@ -154,6 +154,7 @@ impl Server {
             },
             hub: hub.clone(),
             dead_letters: Arc::new(DeadLetters::new(store.clone(), hub.clone())),
+            readiness: Arc::new(crate::health::Readiness::new(store.clone())),
             limiter: Arc::new(crate::limits::Limiter::new(&config.limits)),
             config: Arc::new(config),
             shutting_down,

@@ -32,6 +32,7 @@ use crate::api::ApiError;
 use crate::app::AppState;
 use crate::dlq::{DeadLetterKind, NewDeadLetter};
 use crate::hub::{ConnectionHandle, Outgoing};
+use crate::instruments::instruments;
 use crate::limits::{ConnectionPermit, FrameGate, Verdict, frame_id};
 
 /// Frames written per flush when the outbound queue has a backlog.
@@ -110,6 +111,16 @@ struct SocketOutbox {
     /// Posted payloads fed since the last successful flush: not known to be written yet, so
     /// dead-lettered if the connection ends now. Empty (no allocation) for chat traffic.
     unflushed_posts: Vec<Utf8Bytes>,
+    /// Room messages fed since the last successful flush, and the commit time of the oldest:
+    /// counted and sampled once per flush (`crate::instruments`), not per frame.
+    unflushed_live: u64,
+    oldest_live: Option<std::time::Instant>,
+    /// For the "connection closed" log line: text and binary frames read, frames written.
+    frames_in: u64,
+    frames_out: u64,
+    /// How the connection was closed, when known: `(by, code, reason)`, `by` the server or the
+    /// client. A client's reason is not kept (it is the client's text).
+    closed_with: Option<(&'static str, u16, String)>,
 }
 
 impl SocketOutbox {
@@ -123,6 +134,8 @@ impl SocketOutbox {
             Outgoing::Live(d) => {
                 if session.accept_live(&d.room, d.seq) {
                     self.feed(d.text_for(session.mode).clone()).await?;
+                    self.unflushed_live += 1;
+                    self.oldest_live.get_or_insert(d.committed_at);
                 }
                 Ok(())
             }
@@ -137,7 +150,10 @@ impl SocketOutbox {
     async fn feed(&mut self, text: Utf8Bytes) -> Result<(), Disconnected> {
         match tokio::time::timeout(self.write_timeout, self.socket.feed(Message::Text(text))).await
         {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(())) => {
+                self.frames_out += 1;
+                Ok(())
+            }
             _ => Err(Disconnected),
         }
     }
@@ -146,6 +162,9 @@ impl SocketOutbox {
         match tokio::time::timeout(self.write_timeout, self.socket.flush()).await {
             Ok(Ok(())) => {
                 self.unflushed_posts.clear();
+                if let Some(oldest) = self.oldest_live.take() {
+                    instruments().delivered(std::mem::take(&mut self.unflushed_live), oldest);
+                }
                 Ok(())
             }
             _ => Err(Disconnected),
@@ -168,6 +187,7 @@ impl SocketOutbox {
     /// Reading what the client still had in flight matters: closing a TCP socket with unread
     /// input makes the kernel send a reset, and the client would lose the close frame.
     async fn close(&mut self, code: u16, reason: &str) {
+        self.closed_with = Some(("server", code, reason.to_owned()));
         let frame = CloseFrame {
             code,
             reason: reason.into(),
@@ -224,10 +244,24 @@ pub fn serve_connection(
         socket,
         write_timeout: state.config.write_timeout(),
         unflushed_posts: Vec::new(),
+        unflushed_live: 0,
+        oldest_live: None,
+        frames_in: 0,
+        frames_out: 0,
+        closed_with: None,
     };
     async move {
+        // dynamowave_connects_total now, dynamowave_disconnects_total when dropped.
+        let _open = instruments().connection_opened(session.mode);
         let services = &state.services;
-        tracing::debug!(connection = %session.id, user = %session.user, mode = session.mode.as_str(), "connected");
+        let opened = std::time::Instant::now();
+        tracing::info!(
+            connection = %session.id,
+            user = %session.user,
+            mode = session.mode.as_str(),
+            source_ip = %session.identity.source_ip,
+            "connection opened"
+        );
 
         // `$connect` and `$disconnect` run on their own budget (connect-concurrency), never behind
         // frame handling.
@@ -275,7 +309,23 @@ pub fn serve_connection(
         }
         state.hub.unregister(&session.id);
         drop(permit);
-        tracing::debug!(connection = %session.id, "disconnected");
+        // Never the frames' contents: ids, counts and the close code only.
+        let (closed_by, close_code, close_reason) = match &out.closed_with {
+            Some((by, code, reason)) => (*by, Some(*code), reason.as_str()),
+            // No close frame either way: the socket ended, or a write or ping failed.
+            None => ("none", None, ""),
+        };
+        tracing::info!(
+            connection = %session.id,
+            user = %session.user,
+            duration_ms = opened.elapsed().as_millis() as u64,
+            closed_by,
+            close_code,
+            close_reason,
+            frames_in = out.frames_in,
+            frames_out = out.frames_out,
+            "connection closed"
+        );
     }
 }
 
@@ -363,6 +413,7 @@ async fn read_write_loop(
     keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The connection's frame rate (messages-per-second): one atomic and a strike count.
     let mut gate: FrameGate = state.limiter.frame_gate();
+    let frames_received = instruments().frames_received(session.mode);
     loop {
         // A close requested while this task was busy (say, a slow consumer blocked in a write)
         // goes before anything else; select! alone would pick among ready branches at random.
@@ -419,6 +470,8 @@ async fn read_write_loop(
                 // Text and binary frames take a token; pings, pongs and closes do not. A frame
                 // over the rate is not handled: the client is told when to send it again.
                 if let Some(Ok(data @ (Message::Text(_) | Message::Binary(_)))) = &frame {
+                    frames_received.increment(1);
+                    out.frames_in += 1;
                     match gate.check() {
                         Verdict::Pass => {}
                         Verdict::Limited { retry_after_ms } => {
@@ -463,7 +516,13 @@ async fn read_write_loop(
                         session.touch();
                         Ok(())
                     }
-                    Some(Ok(Message::Close(_))) => {
+                    Some(Ok(Message::Close(frame))) => {
+                        out.closed_with = Some((
+                            "client",
+                            // 1005: no status code in the client's close frame.
+                            frame.map_or(1005, |f| f.code),
+                            String::new(),
+                        ));
                         // tungstenite queued the close reply; send it so the client sees a
                         // clean close.
                         let _ = out.flush().await;

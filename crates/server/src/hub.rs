@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Instant;
 
 use axum::extract::ws::Utf8Bytes;
 use dynamowave_core::error::close_code;
@@ -41,6 +42,9 @@ pub struct Delivery {
     pub v1: Utf8Bytes,
     /// The raw text compat clients get; empty when the room had no compat member.
     pub compat: Utf8Bytes,
+    /// When the fan-out got the commit (one clock read per batch), for
+    /// `dynamowave_delivery_latency_seconds`.
+    pub committed_at: Instant,
 }
 
 impl Delivery {
@@ -107,14 +111,22 @@ impl ConnectionHandle {
             })
     }
 
-    /// Asks the connection's task to close the socket with this code; the first request wins.
-    pub fn close(&self, code: u16, reason: impl Into<String>) {
+    /// Asks the connection's task to close the socket with this code; the first request wins
+    /// (and gets `true`).
+    pub fn close(&self, code: u16, reason: impl Into<String>) -> bool {
         let mut slot = self.close_reason.lock().unwrap_or_else(|e| e.into_inner());
-        if slot.is_none() {
-            *slot = Some((code, reason.into()));
-            self.close_pending.store(true, Ordering::Release);
-            self.close.notify_one();
+        if slot.is_some() {
+            return false;
         }
+        *slot = Some((code, reason.into()));
+        self.close_pending.store(true, Ordering::Release);
+        self.close.notify_one();
+        true
+    }
+
+    /// Frames in this connection's queue (taken permits of its bounded channel).
+    fn queued(&self) -> usize {
+        self.queue.max_capacity() - self.queue.capacity()
     }
 
     /// The pending close request, if any.
@@ -139,10 +151,17 @@ impl ConnectionHandle {
     fn deliver(&self, item: Outgoing) {
         match self.queue.try_send(item) {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => self.close(
-                close_code::TRY_AGAIN_LATER,
-                "too slow: outbound queue full; reconnect and resume with join after",
-            ),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                // Counted once per connection: later full sends find the close requested.
+                if self.close(
+                    close_code::TRY_AGAIN_LATER,
+                    "too slow: outbound queue full; reconnect and resume with join after",
+                ) {
+                    crate::instruments::instruments()
+                        .slow_consumer_closes
+                        .increment(1);
+                }
+            }
             // The task is ending; its $disconnect removes it from the hub.
             Err(mpsc::error::TrySendError::Closed(_)) => {}
         }
@@ -188,6 +207,12 @@ impl Hub {
 
     pub fn connection_count(&self) -> usize {
         read(&self.connections).len()
+    }
+
+    /// Frames queued to all connections: `dynamowave_outbound_queue_depth`, summed when
+    /// `/metrics` is scraped so the fan-out path keeps no shared count.
+    pub fn queued_frames(&self) -> usize {
+        read(&self.connections).values().map(|c| c.queued()).sum()
     }
 
     /// Closes every connection (graceful shutdown).
@@ -266,6 +291,7 @@ impl RoomMembership for Hub {
 impl CommitListener for Hub {
     fn committed(&self, messages: &[Arc<ChatMessage>]) {
         let rooms = read(&self.rooms);
+        let committed_at = Instant::now();
         for message in messages {
             let Some(members) = rooms.get(&message.room) else {
                 continue;
@@ -294,6 +320,7 @@ impl CommitListener for Hub {
                 } else {
                     Utf8Bytes::default()
                 },
+                committed_at,
             });
             for member in members {
                 member.deliver(Outgoing::Live(delivery.clone()));

@@ -22,6 +22,9 @@
 //!   require-tls, the handshake timeout, graceful shutdown of HTTP connections.
 //! - [`tls`]: the rustls server config and its certificate, reloadable while serving.
 //! - [`telemetry`]: `GET /metrics` (Prometheus).
+//! - [`instruments`]: the metric handles the gateway, the hub and the store record into.
+//! - [`health`]: `GET /healthz` (the process is up) and `GET /readyz` (not shutting down, the
+//!   store writable).
 //! - [`store`]: store adapters; [`store::sqlite`] is the embedded, group-committing store.
 //! - [`web`]: the browser chat page at `/`, embedded in the binary (`web/`).
 
@@ -30,8 +33,10 @@ pub mod app;
 pub mod config;
 pub mod dlq;
 pub mod gateway;
+pub mod health;
 pub mod hub;
 pub mod identity;
+pub mod instruments;
 pub mod limits;
 pub mod listener;
 pub mod store;

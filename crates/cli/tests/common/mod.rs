@@ -113,3 +113,75 @@ pub fn free_listen_addr() -> String {
     let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     probe.local_addr().unwrap().to_string()
 }
+
+/// A server whose stderr (its log) the test reads: [`ServerProcess::start`]'s flags and
+/// environment, with `RUST_LOG` set to `rust_log` and stderr piped. Every line is collected in
+/// the returned [`Log`] by a thread until the process exits.
+pub fn start_logging(
+    data_dir: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+    rust_log: &str,
+) -> (ServerProcess, Log) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dynamowave"));
+    cmd.arg("serve").arg("--data-dir").arg(data_dir);
+    if !args.contains(&"--listen") {
+        cmd.args(["--listen", "127.0.0.1:0"]);
+    }
+    cmd.env("DYNAMOWAVE_MESSAGES_PER_SECOND", "0")
+        .env("DYNAMOWAVE_MAX_CONNECTIONS", "0")
+        .env("DYNAMOWAVE_CONNECTIONS_PER_IP_PER_SECOND", "0")
+        .env("DYNAMOWAVE_MAX_CONNECTIONS_PER_IP", "0");
+    cmd.args(args)
+        .envs(env.iter().copied())
+        .env("RUST_LOG", rust_log)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("the dynamowave binary starts");
+    let stderr = child.stderr.take().unwrap();
+    let log = Log::default();
+    let lines = log.0.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            lines.lock().unwrap().push(line);
+        }
+    });
+    let stdout = child.stdout.take().unwrap();
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).unwrap();
+    let tls = line.contains(" on wss://");
+    let addr = line
+        .split(if tls { "wss://" } else { "ws://" })
+        .nth(1)
+        .and_then(|rest| rest.split("/ws").next())
+        .unwrap_or_else(|| panic!("no address in {line:?}; log: {:?}", log.lines()))
+        .to_owned();
+    (ServerProcess { child, addr, tls }, log)
+}
+
+/// The lines a server wrote to stderr so far (see [`start_logging`]).
+#[derive(Clone, Default)]
+pub struct Log(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl Log {
+    pub fn lines(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+
+    /// Waits (up to 10 s) until a line satisfies `pred`; returns it.
+    pub fn wait_for(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(line) = self.lines().into_iter().find(|l| pred(l)) {
+                return line;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no log line for {what} within 10 s; log:\n{}",
+                self.lines().join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}

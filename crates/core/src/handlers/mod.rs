@@ -13,8 +13,8 @@ pub mod leave;
 pub mod members;
 pub mod sendmessage;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use crate::error::{ChatError, ErrorCode};
 use crate::ports::{
@@ -267,7 +267,22 @@ pub async fn send_error(
     id: Option<&str>,
     e: &ChatError,
 ) -> Result<(), Disconnected> {
+    count_rejected(e.code);
     out.send_text(ServerFrame::error(id, e).to_json()).await
+}
+
+/// `dynamowave_messages_rejected_total{reason}`: every `error` frame, by its code. One handle
+/// per code, registered on first use (after the server installed its recorder), so a flood of
+/// bad frames costs an atomic add each, not a registry lookup.
+fn count_rejected(code: ErrorCode) {
+    const SLOTS: usize = 16;
+    static REJECTED: [OnceLock<metrics::Counter>; SLOTS] = [const { OnceLock::new() }; SLOTS];
+    let register =
+        || metrics::counter!("dynamowave_messages_rejected_total", "reason" => code.as_str());
+    match REJECTED.get(code as usize) {
+        Some(slot) => slot.get_or_init(register).increment(1),
+        None => register().increment(1),
+    }
 }
 
 #[cfg(test)]

@@ -110,6 +110,9 @@ enum Command {
     /// Undoes a claim whose delivery failed, counting the attempt.
     ReleaseDeadLetter(u64, String, Reply<()>),
     PurgeDeadLetters(Purge, Reply<u64>),
+    /// Readiness (`GET /readyz`): rewrites the header page in a `BEGIN IMMEDIATE` transaction
+    /// and commits, so a full disk, a read-only file or a stuck writer shows up.
+    Probe(Reply<()>),
     /// Apply everything queued before it, then stop the writer.
     Shutdown(oneshot::Sender<()>),
 }
@@ -129,6 +132,7 @@ impl Command {
                 | Command::RemoveMembership(..)
                 | Command::PurgeConnections(..)
                 | Command::CreateRoom(..)
+                | Command::Probe(..)
         )
     }
 }
@@ -225,6 +229,12 @@ impl SqliteStore {
         if let Some(handle) = handle {
             let _ = tokio::task::spawn_blocking(move || handle.join()).await;
         }
+    }
+
+    /// A write through the writer (see `Command::Probe`), for readiness: `Ok` once committed.
+    /// Goes through the priority lane, so a message backlog does not make the server unready.
+    pub async fn probe(&self) -> Result<(), StoreError> {
+        self.call(Command::Probe).await
     }
 
     async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, StoreError> {
@@ -427,6 +437,15 @@ impl Writer {
         let mut committed: Vec<Arc<ChatMessage>> = Vec::new();
         let mut touched: HashMap<RoomId, u64> = HashMap::new();
         let mut stop = None;
+        // Metrics, once per batch: its size, its appends, BEGIN..COMMIT (fsync included).
+        let metrics = crate::instruments::instruments();
+        let started = std::time::Instant::now();
+        metrics.store_batch_size.record(batch.len() as f64);
+        let appends = batch
+            .iter()
+            .filter(|c| matches!(c, Command::Append(..)))
+            .count();
+        metrics.messages_received.increment(appends as u64);
 
         let tx = match self
             .conn
@@ -568,13 +587,24 @@ impl Writer {
                     .map_err(backend);
                     pending.push(Pending::Count(reply, result));
                 }
+                Command::Probe(reply) => {
+                    // Setting user_version to its own value dirties page 1: the commit writes
+                    // (and syncs) a WAL frame, and nothing changes.
+                    let result = tx
+                        .query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))
+                        .and_then(|v| tx.pragma_update(None, "user_version", v))
+                        .map_err(backend);
+                    pending.push(Pending::Unit(reply, result));
+                }
                 Command::Shutdown(done) => stop = Some(done),
             }
         }
 
         let outcome = save_heads(&tx, &touched, ts).and_then(|()| tx.commit());
+        metrics.store_commit.record(started.elapsed());
         match outcome {
             Ok(()) => {
+                metrics.messages_acked.increment(committed.len() as u64);
                 // Heads, then the fan-out, then the callers: once `append` returns, `head`
                 // shows the message and it is queued to every member (the port's contract).
                 let mut heads = self
@@ -637,7 +667,8 @@ fn fail(cmd: Command, err: &str) {
         Command::InsertConnection(_, r)
         | Command::RemoveConnection(_, r)
         | Command::AddMembership(_, _, r)
-        | Command::RemoveMembership(_, _, r) => drop(r.send(Err(e()))),
+        | Command::RemoveMembership(_, _, r)
+        | Command::Probe(r) => drop(r.send(Err(e()))),
         Command::PurgeConnections(r)
         | Command::AddDeadLetter(_, r)
         | Command::PurgeDeadLetters(_, r) => drop(r.send(Err(e()))),
