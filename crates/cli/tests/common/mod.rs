@@ -21,22 +21,8 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Starts `dynamowave serve --listen 127.0.0.1:0 --data-dir DIR ARGS...` with `env` added.
     pub fn start(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_dynamowave"));
-        cmd.arg("serve").arg("--data-dir").arg(data_dir);
-        if !args.contains(&"--listen") {
-            cmd.args(["--listen", "127.0.0.1:0"]);
-        }
-        // Every client here is 127.0.0.1 and some send fast: the Internet-facing limits are off
-        // unless a test sets them (flags and its own `env` win over these).
-        cmd.env("DYNAMOWAVE_MESSAGES_PER_SECOND", "0")
-            .env("DYNAMOWAVE_MAX_CONNECTIONS", "0")
-            .env("DYNAMOWAVE_CONNECTIONS_PER_IP_PER_SECOND", "0")
-            .env("DYNAMOWAVE_MAX_CONNECTIONS_PER_IP", "0");
-        cmd.args(args)
-            .envs(env.iter().copied())
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+        let mut cmd = serve_command(data_dir, args, env, "warn");
+        cmd.stderr(Stdio::inherit());
         let mut child = cmd.spawn().expect("the dynamowave binary starts");
         let stdout = child.stdout.take().unwrap();
         let mut line = String::new();
@@ -107,6 +93,27 @@ pub fn connection_rows(data_dir: &Path) -> i64 {
         .unwrap()
 }
 
+/// `dynamowave serve --listen 127.0.0.1:0 --data-dir DIR ARGS...` with `env` added and stdout
+/// piped (the first line names the address).
+fn serve_command(data_dir: &Path, args: &[&str], env: &[(&str, &str)], rust_log: &str) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dynamowave"));
+    cmd.arg("serve").arg("--data-dir").arg(data_dir);
+    if !args.contains(&"--listen") {
+        cmd.args(["--listen", "127.0.0.1:0"]);
+    }
+    // Every client here is 127.0.0.1 and some send fast: the Internet-facing limits are off
+    // unless a test sets them (flags and its own `env` win over these).
+    cmd.env("DYNAMOWAVE_MESSAGES_PER_SECOND", "0")
+        .env("DYNAMOWAVE_MAX_CONNECTIONS", "0")
+        .env("DYNAMOWAVE_CONNECTIONS_PER_IP_PER_SECOND", "0")
+        .env("DYNAMOWAVE_MAX_CONNECTIONS_PER_IP", "0");
+    cmd.args(args)
+        .envs(env.iter().copied())
+        .env("RUST_LOG", rust_log)
+        .stdout(Stdio::piped());
+    cmd
+}
+
 /// A loopback address with a port that was free a moment ago, for a server that must come back
 /// on the same port after a restart.
 pub fn free_listen_addr() -> String {
@@ -123,20 +130,8 @@ pub fn start_logging(
     env: &[(&str, &str)],
     rust_log: &str,
 ) -> (ServerProcess, Log) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dynamowave"));
-    cmd.arg("serve").arg("--data-dir").arg(data_dir);
-    if !args.contains(&"--listen") {
-        cmd.args(["--listen", "127.0.0.1:0"]);
-    }
-    cmd.env("DYNAMOWAVE_MESSAGES_PER_SECOND", "0")
-        .env("DYNAMOWAVE_MAX_CONNECTIONS", "0")
-        .env("DYNAMOWAVE_CONNECTIONS_PER_IP_PER_SECOND", "0")
-        .env("DYNAMOWAVE_MAX_CONNECTIONS_PER_IP", "0");
-    cmd.args(args)
-        .envs(env.iter().copied())
-        .env("RUST_LOG", rust_log)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    let mut cmd = serve_command(data_dir, args, env, rust_log);
+    cmd.stderr(Stdio::piped());
     let mut child = cmd.spawn().expect("the dynamowave binary starts");
     let stderr = child.stderr.take().unwrap();
     let log = Log::default();
