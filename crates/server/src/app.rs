@@ -44,6 +44,35 @@ impl AppState {
             max_rooms_per_connection: config.limits.max_rooms_per_connection,
         }
     }
+
+    /// For unit tests of routes: in-memory chat stores, and a SQLite store in `dir` for what
+    /// only exists there (dead letters, the readiness probe), returned too.
+    #[cfg(test)]
+    pub(crate) fn for_tests(
+        dir: &std::path::Path,
+        config: ServerConfig,
+        shutting_down: watch::Receiver<bool>,
+    ) -> (Self, Arc<SqliteStore>) {
+        use dynamowave_core::memory::{MemoryConnections, MemoryLog};
+        let hub = Arc::new(Hub::default());
+        let store = Arc::new(SqliteStore::open(dir, hub.clone()).unwrap());
+        let state = AppState {
+            services: Services {
+                log: Arc::new(MemoryLog::new(hub.clone())),
+                connections: Arc::new(MemoryConnections::default()),
+                rooms: hub.clone(),
+                limits: AppState::limits(&config),
+            },
+            dead_letters: Arc::new(DeadLetters::new(store.clone(), hub.clone())),
+            readiness: Arc::new(health::Readiness::new(store.clone())),
+            hub,
+            limiter: Arc::new(crate::limits::Limiter::new(&config.limits)),
+            config: Arc::new(config),
+            shutting_down,
+            guard: Arc::new(crate::identity::Guard::open()),
+        };
+        (state, store)
+    }
 }
 
 /// Every route of the server.

@@ -142,9 +142,6 @@ impl DeadLetters {
             .run(|| self.store.add_dead_letter(entry.clone()))
             .await;
         let (target, reason, bytes) = (&entry.target, &entry.reason, entry.payload.len());
-        if result.is_ok() {
-            let _ = self.depth().await;
-        }
         match &result {
             Ok(id) => {
                 tracing::warn!(id, %target, %reason, bytes, "dead-lettered a post to a connection")
@@ -169,7 +166,9 @@ impl DeadLetters {
         self.store.dead_letters(after, limit, pending_only).await
     }
 
-    /// Entries not replayed yet.
+    /// Entries not replayed yet. Also sets the `dynamowave_dlq_depth` gauge: `/metrics` calls
+    /// this before it renders, so the gauge is exact at every scrape without being refreshed
+    /// on each change.
     pub async fn depth(&self) -> Result<u64, StoreError> {
         let depth = self.store.dead_letter_depth().await?;
         metrics::gauge!("dynamowave_dlq_depth").set(depth as f64);
@@ -177,9 +176,7 @@ impl DeadLetters {
     }
 
     pub async fn purge(&self, which: Purge) -> Result<u64, StoreError> {
-        let purged = self.store.purge_dead_letters(which).await?;
-        self.depth().await?;
-        Ok(purged)
+        self.store.purge_dead_letters(which).await
     }
 
     /// Re-posts entry `id` to `to` (its original connection when `None`). See the module docs.
@@ -204,10 +201,7 @@ impl DeadLetters {
             None => Err(SendError::Gone),
         };
         let failure = match sent {
-            Ok(()) => {
-                self.depth().await?;
-                return Ok(Replayed::Delivered { to: target });
-            }
+            Ok(()) => return Ok(Replayed::Delivered { to: target }),
             Err(SendError::Gone) => ReplayError::Gone(target),
             Err(SendError::Full) => ReplayError::Full(target),
         };

@@ -111,15 +111,11 @@ mod tests {
     use axum::body::Body;
     use axum::extract::connect_info::MockConnectInfo;
     use axum::http::Request;
-    use dynamowave_core::handlers::Services;
-    use dynamowave_core::memory::{MemoryConnections, MemoryLog};
     use tower::ServiceExt;
 
     use super::*;
     use crate::app::router;
     use crate::config::ServerConfig;
-    use crate::dlq::DeadLetters;
-    use crate::hub::Hub;
 
     /// The router on a fresh store; the caller keeps the directory, the store and the
     /// shutdown flag's sender.
@@ -131,25 +127,8 @@ mod tests {
         Arc<SqliteStore>,
         tokio::sync::watch::Sender<bool>,
     ) {
-        let hub = Arc::new(Hub::default());
-        let config = ServerConfig::default();
-        let store = Arc::new(SqliteStore::open(dir, hub.clone()).unwrap());
         let (stop, flag) = tokio::sync::watch::channel(shutting_down);
-        let state = AppState {
-            services: Services {
-                log: Arc::new(MemoryLog::new(hub.clone())),
-                connections: Arc::new(MemoryConnections::default()),
-                rooms: hub.clone(),
-                limits: AppState::limits(&config),
-            },
-            dead_letters: Arc::new(DeadLetters::new(store.clone(), hub.clone())),
-            readiness: Arc::new(Readiness::new(store.clone())),
-            hub,
-            limiter: Arc::new(crate::limits::Limiter::new(&config.limits)),
-            config: Arc::new(config),
-            shutting_down: flag,
-            guard: Arc::new(crate::identity::Guard::open()),
-        };
+        let (state, store) = AppState::for_tests(dir, ServerConfig::default(), flag);
         let peer: SocketAddr = "127.0.0.1:5000".parse().unwrap();
         (router(state).layer(MockConnectInfo(peer)), store, stop)
     }

@@ -59,45 +59,23 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use std::net::SocketAddr;
-    use std::sync::Arc;
 
     use axum::body::Body;
     use axum::extract::connect_info::MockConnectInfo;
     use axum::http::{Request, StatusCode};
-    use dynamowave_core::handlers::Services;
-    use dynamowave_core::memory::{MemoryConnections, MemoryLog};
     use tower::ServiceExt;
 
     use crate::app::{AppState, router};
     use crate::config::ServerConfig;
-    use crate::dlq::DeadLetters;
-    use crate::hub::Hub;
-    use crate::store::sqlite::SqliteStore;
 
     async fn status(admin_token: Option<&str>, peer: &str, bearer: Option<&str>) -> StatusCode {
-        let hub = Arc::new(Hub::default());
         let config = ServerConfig {
             admin_token: admin_token.map(str::to_owned),
             ..ServerConfig::default()
         };
-        // The dead-letter queue only exists on SQLite; the route under test does not use it.
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(SqliteStore::open(dir.path(), hub.clone()).unwrap());
-        let state = AppState {
-            services: Services {
-                log: Arc::new(MemoryLog::new(hub.clone())),
-                connections: Arc::new(MemoryConnections::default()),
-                rooms: hub.clone(),
-                limits: AppState::limits(&config),
-            },
-            dead_letters: Arc::new(DeadLetters::new(store.clone(), hub.clone())),
-            readiness: Arc::new(crate::health::Readiness::new(store)),
-            hub,
-            limiter: Arc::new(crate::limits::Limiter::new(&config.limits)),
-            config: Arc::new(config),
-            shutting_down: tokio::sync::watch::channel(false).1,
-            guard: Arc::new(crate::identity::Guard::open()),
-        };
+        let (state, _) =
+            AppState::for_tests(dir.path(), config, tokio::sync::watch::channel(false).1);
         let peer: SocketAddr = peer.parse().unwrap();
         let app = router(state).layer(MockConnectInfo(peer));
         let mut request =
