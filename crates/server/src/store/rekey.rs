@@ -138,38 +138,28 @@ pub fn rekey(
         ..RekeyReport::default()
     };
 
-    let mut after = 0;
-    loop {
-        let (rewrites, last) =
-            read_messages(&conn, keys, after, options.batch, &mut report.unreadable)
-                .map_err(sql)?;
-        let Some(last) = last else { break };
-        after = last;
-        write(
-            &mut conn,
-            "UPDATE messages SET data = ?2, key_id = ?3 WHERE rowid = ?1 AND key_id IS ?4",
-            rewrites,
-            &mut report.messages,
-            &mut pacer,
-        )
-        .map_err(sql)?;
-    }
-    let mut after = 0;
-    loop {
-        let (rewrites, last) =
-            read_dead_letters(&conn, keys, after, options.batch, &mut report.unreadable)
-                .map_err(sql)?;
-        let Some(last) = last else { break };
-        after = last;
-        write(
-            &mut conn,
-            "UPDATE dead_letters SET payload = ?2, key_id = ?3 WHERE id = ?1 AND key_id IS ?4",
-            rewrites,
-            &mut report.dead_letters,
-            &mut pacer,
-        )
-        .map_err(sql)?;
-    }
+    rekey_table(
+        &mut conn,
+        keys,
+        read_messages,
+        "UPDATE messages SET data = ?2, key_id = ?3 WHERE rowid = ?1 AND key_id IS ?4",
+        options.batch,
+        &mut report.messages,
+        &mut report.unreadable,
+        &mut pacer,
+    )
+    .map_err(sql)?;
+    rekey_table(
+        &mut conn,
+        keys,
+        read_dead_letters,
+        "UPDATE dead_letters SET payload = ?2, key_id = ?3 WHERE id = ?1 AND key_id IS ?4",
+        options.batch,
+        &mut report.dead_letters,
+        &mut report.unreadable,
+        &mut pacer,
+    )
+    .map_err(sql)?;
 
     let newest = keys.newest_id();
     report.remaining = unknown_key_rows(&conn, |id| id == newest).map_err(sql)?;
@@ -208,6 +198,40 @@ fn lock(data_dir: &Path) -> Result<std::fs::File, RekeyError> {
     file.try_lock()
         .map_err(|_| RekeyError::Locked(data_dir.to_owned()))?;
     Ok(file)
+}
+
+/// Reads a batch of a table's rows not under the newest key, resealed: the rewrites and the
+/// last row id read (`None` when none is left).
+type ReadBatch = fn(
+    &Connection,
+    &Keyring,
+    i64,
+    usize,
+    &mut Vec<String>,
+) -> rusqlite::Result<(Vec<Rewrite>, Option<i64>)>;
+
+/// Rewrites one table batch by batch: `read` picks and reseals, `update` writes each row back.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one call per table, every argument named at the call"
+)]
+fn rekey_table(
+    conn: &mut Connection,
+    keys: &Keyring,
+    read: ReadBatch,
+    update: &str,
+    batch: usize,
+    counts: &mut BTreeMap<String, u64>,
+    unreadable: &mut Vec<String>,
+    pacer: &mut Pacer,
+) -> rusqlite::Result<()> {
+    let mut after = 0;
+    loop {
+        let (rewrites, last) = read(conn, keys, after, batch, unreadable)?;
+        let Some(last) = last else { return Ok(()) };
+        after = last;
+        write(conn, update, rewrites, counts, pacer)?;
+    }
 }
 
 /// Up to `limit` messages after `rowid` not under the newest key, sealed again. Returns them
