@@ -29,31 +29,10 @@ fn stdout_of(out: &Output) -> String {
 }
 
 async fn depth_metric(http: &reqwest::Client, server: &ServerProcess) -> f64 {
-    let page = http
-        .get(format!("http://{}/metrics", server.addr))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = common::metrics_page(http, server).await;
     page.lines()
         .find_map(|l| l.strip_prefix("dynamowave_dlq_depth ")?.trim().parse().ok())
         .unwrap_or_else(|| panic!("no dynamowave_dlq_depth in\n{page}"))
-}
-
-/// Posts to a connection id that is not connected; returns the dead letter's id.
-async fn dead_letter(http: &reqwest::Client, server: &ServerProcess, to: &str, body: &str) -> u64 {
-    let r = http
-        .post(format!("http://{}/@connections/{to}", server.addr))
-        .body(body.to_owned())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), reqwest::StatusCode::GONE);
-    r.json::<Value>().await.unwrap()["deadLetterId"]
-        .as_u64()
-        .unwrap()
 }
 
 #[tokio::test]
@@ -69,8 +48,8 @@ async fn list_show_replay_purge() {
     );
     assert_eq!(depth_metric(&http, &server).await, 0.0);
 
-    let first = dead_letter(&http, &server, "aaaaaaaaaaaaaaaa", "first payload").await;
-    let second = dead_letter(&http, &server, "bbbbbbbbbbbbbbbb", "second payload").await;
+    let first = common::dead_letter(&http, &server, "aaaaaaaaaaaaaaaa", "first payload").await;
+    let second = common::dead_letter(&http, &server, "bbbbbbbbbbbbbbbb", "second payload").await;
     assert_eq!(depth_metric(&http, &server).await, 2.0);
 
     let out = stdout_of(&dlq(&server, &["list"]));

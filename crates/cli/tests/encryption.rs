@@ -114,23 +114,6 @@ async fn send_api(
     }
 }
 
-/// Posts to a well-formed connection id nobody holds: a dead letter. Returns its id.
-async fn dead_letter(http: &reqwest::Client, server: &ServerProcess, payload: &str) -> u64 {
-    let r = http
-        .post(format!(
-            "http://{}/@connections/aaaaaaaaaaaaaaaa",
-            server.addr
-        ))
-        .body(payload.to_owned())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), reqwest::StatusCode::GONE);
-    r.json::<Value>().await.unwrap()["deadLetterId"]
-        .as_u64()
-        .unwrap()
-}
-
 /// The room's bodies through the history API, oldest first.
 async fn history(http: &reqwest::Client, server: &ServerProcess, room: &str) -> Vec<String> {
     let mut all = Vec::new();
@@ -213,7 +196,7 @@ async fn nothing_on_disk_is_plaintext_and_everything_reads_back_intact() {
     send_ws(&server, "general", 0..30).await;
     send_api(&http, &server, "general", 30..40).await;
     let payload = "top-secret-dead-letter-payload".to_owned();
-    let dl = dead_letter(&http, &server, &payload).await;
+    let dl = common::dead_letter(&http, &server, "aaaaaaaaaaaaaaaa", &payload).await;
 
     // While the server runs, its commits are in the WAL: neither file may hold a body.
     let mut needles: Vec<String> = (0..40).map(body).collect();
@@ -288,7 +271,7 @@ async fn rotation_needs_no_downtime_and_rekey_moves_every_row_to_the_new_key() {
 
     let server = ServerProcess::start(&data, &["--encryption-key-file", s(&a)], &[]);
     send_api(&http, &server, "general", 0..20).await;
-    let dl = dead_letter(&http, &server, "payload-under-a").await;
+    let dl = common::dead_letter(&http, &server, "aaaaaaaaaaaaaaaa", "payload-under-a").await;
     assert!(server.terminate(STOP).success());
 
     // The new key last: it encrypts, the old one still decrypts.

@@ -37,14 +37,7 @@ fn parse(page: &str) -> HashMap<String, f64> {
 }
 
 async fn scrape(http: &reqwest::Client, server: &ServerProcess) -> (String, HashMap<String, f64>) {
-    let page = http
-        .get(format!("http://{}/metrics", server.addr))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = common::metrics_page(http, server).await;
     let samples = parse(&page);
     (page, samples)
 }

@@ -180,3 +180,33 @@ impl Log {
         }
     }
 }
+
+/// `GET /metrics` of the server, as text (loopback needs no token).
+pub async fn metrics_page(http: &reqwest::Client, server: &ServerProcess) -> String {
+    http.get(format!("http://{}/metrics", server.addr))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// Posts `body` to a connection id nobody holds, which dead-letters it; returns the entry's id.
+pub async fn dead_letter(
+    http: &reqwest::Client,
+    server: &ServerProcess,
+    to: &str,
+    body: &str,
+) -> u64 {
+    let r = http
+        .post(format!("http://{}/@connections/{to}", server.addr))
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), reqwest::StatusCode::GONE);
+    r.json::<serde_json::Value>().await.unwrap()["deadLetterId"]
+        .as_u64()
+        .unwrap()
+}
