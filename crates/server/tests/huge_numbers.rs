@@ -110,14 +110,8 @@ async fn dead_letters_after_past_i64_max() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::GONE);
     for (after, entries) in [(0, 1), (U64_MAX, 0), (PAST_I64_MAX, 0)] {
-        let page: Value = http
-            .get(server.http(&format!("/dlq?after={after}")))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let page: Value =
+            common::get_json(&http, server.http(&format!("/dlq?after={after}"))).await;
         assert_eq!(
             page["entries"].as_array().unwrap().len(),
             entries,

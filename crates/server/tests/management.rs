@@ -35,7 +35,7 @@ async fn post_get_delete_a_connection() {
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(c.next_raw().await.unwrap(), r#"{"type":"custom","n":1}"#);
 
-    let info: Value = http.get(&url).send().await.unwrap().json().await.unwrap();
+    let info: Value = common::get_json(&http, &url).await;
     assert_eq!(info["connectionId"], id.as_str());
     assert_eq!(info["identity"]["sourceIp"], "127.0.0.1");
     assert!(info["connectedAt"].as_str().unwrap().ends_with('Z'));
@@ -140,36 +140,15 @@ async fn server_side_publish_uses_the_same_log_and_fan_out() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
 
-    let page: Value = http
-        .get(format!("{url}?after=1&limit=1"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page: Value = common::get_json(&http, format!("{url}?after=1&limit=1")).await;
     assert_eq!(page["messages"].as_array().unwrap().len(), 1);
     assert_eq!(page["messages"][0]["seq"], 2);
     assert_eq!(page["more"], true);
-    let page: Value = http
-        .get(format!("{url}?before=3"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page: Value = common::get_json(&http, format!("{url}?before=3")).await;
     assert_eq!(page["messages"].as_array().unwrap().len(), 2);
     assert_eq!(page["more"], false);
 
-    let members: Value = http
-        .get(server.http("/rooms/news/members"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let members: Value = common::get_json(&http, server.http("/rooms/news/members")).await;
     assert_eq!(members["members"][0]["user"], "ann");
     assert_eq!(members["members"][0]["connectionId"], c.connection_id());
 

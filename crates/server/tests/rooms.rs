@@ -113,14 +113,7 @@ async fn ack_comes_after_commit_and_retries_are_idempotent() {
 
     // The ack means committed: history (read from the store) has it already.
     let http = reqwest::Client::new();
-    let page: serde_json::Value = http
-        .get(server.http("/rooms/r/messages"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page: serde_json::Value = common::get_json(&http, server.http("/rooms/r/messages")).await;
     assert_eq!(page["messages"][0]["data"], "once");
 
     // A retry with the same id gets the original back and stores nothing.

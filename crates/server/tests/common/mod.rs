@@ -201,3 +201,8 @@ pub fn refused_connections(reason: &str) -> u64 {
         })
         .unwrap_or(0)
 }
+
+/// `GET url` through `http`, the body as JSON (the status is the caller's to check).
+pub async fn get_json(http: &reqwest::Client, url: impl reqwest::IntoUrl) -> serde_json::Value {
+    http.get(url).send().await.unwrap().json().await.unwrap()
+}
