@@ -9,6 +9,10 @@
 //! ```
 //!
 //! Each case asks the factory for a fresh, empty store.
+//!
+//! The commit listener is checked with [`RecordingListener::wait_for`]: the embedded store calls
+//! it before `append` returns, a cluster store when its node consumes the commit from the
+//! stream, a moment later. Both must deliver every commit exactly once, in seq order per room.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -16,7 +20,8 @@ use std::sync::{Arc, Mutex};
 use tokio::task::JoinSet;
 
 use crate::ports::{
-    CommitListener, ConnectionRecord, ConnectionStore, Deletion, MessageLog, NewMessage,
+    Claim, CommitListener, ConnectionRecord, ConnectionStore, DeadLetterKind, DeadLetters,
+    Deletion, MessageLog, NewDeadLetter, NewMessage, Purge,
 };
 use crate::protocol::{ChatMessage, HistoryQuery, Mode};
 use crate::types::{ConnectionId, RoomId, Seq, UserName};
@@ -30,6 +35,17 @@ pub struct RecordingListener {
 impl RecordingListener {
     pub fn seen(&self) -> Vec<Arc<ChatMessage>> {
         self.seen.lock().unwrap().clone()
+    }
+
+    /// What it has seen once it has seen at least `n` messages (up to 10 s), then a little
+    /// longer so that a duplicate delivery would show.
+    pub async fn wait_for(&self, n: usize) -> Vec<Arc<ChatMessage>> {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while self.seen.lock().unwrap().len() < n && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        self.seen()
     }
 }
 
@@ -149,7 +165,7 @@ where
     );
     assert_eq!(log.head(&room("r")).await.unwrap(), Some(Seq(2)));
     assert_eq!(
-        listener.seen().len(),
+        listener.wait_for(3).await.len(),
         3,
         "duplicates are not delivered again"
     );
@@ -254,7 +270,8 @@ where
         "every append got its own seq"
     );
     let seen: Vec<u64> = listener
-        .seen()
+        .wait_for(200)
+        .await
         .iter()
         .filter(|m| m.room.as_str() == "c")
         .map(|m| m.seq.0)
@@ -389,4 +406,97 @@ where
     store.insert(&b).await.unwrap();
     assert_eq!(store.purge_stale().await.unwrap(), 2);
     assert!(store.list().await.unwrap().is_empty());
+}
+
+fn dead_letter(target: &str, payload: &str) -> NewDeadLetter {
+    NewDeadLetter {
+        kind: DeadLetterKind::PostToConnection,
+        target: target.into(),
+        user: Some("ann".into()),
+        reason: "gone".into(),
+        payload: payload.into(),
+    }
+}
+
+/// Runs every [`DeadLetters`] case against stores made by `make`.
+pub async fn dead_letters<F, Fut>(make: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Arc<dyn DeadLetters>>,
+{
+    // Add, get, list in order; fields survive as given.
+    let dlq = make().await;
+    assert_eq!(dlq.depth().await.unwrap(), 0);
+    assert!(dlq.list(0, 10, false).await.unwrap().is_empty());
+    assert_eq!(dlq.get(1).await.unwrap(), None);
+    let big = "é\"🙂".repeat(10_000);
+    let a = dlq.add(dead_letter("conn-a", "first")).await.unwrap();
+    let b = dlq.add(dead_letter("conn-b", &big)).await.unwrap();
+    let c = dlq.add(dead_letter("conn-c", "third")).await.unwrap();
+    assert!(a < b && b < c, "ids increase: {a} {b} {c}");
+    let e = dlq.get(b).await.unwrap().expect("entry b");
+    assert_eq!(
+        (e.id, e.target.as_str(), e.payload.as_str(), e.user.as_deref()),
+        (b, "conn-b", big.as_str(), Some("ann"))
+    );
+    assert_eq!((e.kind, e.reason.as_str()), (DeadLetterKind::PostToConnection, "gone"));
+    assert_eq!((e.attempts, e.replayed_at, e.last_error.clone()), (1, None, None));
+    assert!(e.created_at > 1_600_000_000_000, "created_at is epoch milliseconds");
+    let ids = |v: Vec<crate::ports::DeadLetter>| v.into_iter().map(|e| e.id).collect::<Vec<_>>();
+    assert_eq!(ids(dlq.list(0, 10, false).await.unwrap()), vec![a, b, c]);
+    assert_eq!(ids(dlq.list(a, 1, false).await.unwrap()), vec![b]);
+    assert_eq!(ids(dlq.list(c, 10, false).await.unwrap()), Vec::<u64>::new());
+    assert_eq!(dlq.depth().await.unwrap(), 3);
+
+    // Claim: once; a second claim sees the first; release makes it pending again.
+    let Claim::Claimed(before) = dlq.claim(a, "conn-x".into()).await.unwrap() else {
+        panic!("a pending entry is claimed");
+    };
+    assert_eq!(before.payload, "first");
+    let Claim::AlreadyReplayed { at, to } = dlq.claim(a, "conn-y".into()).await.unwrap() else {
+        panic!("a claimed entry is not claimed twice");
+    };
+    assert!(at > 0);
+    assert_eq!(to, "conn-x");
+    assert_eq!(dlq.claim(999_999, "conn-x".into()).await.unwrap(), Claim::NotFound);
+    assert_eq!(dlq.depth().await.unwrap(), 2);
+    assert_eq!(ids(dlq.list(0, 10, true).await.unwrap()), vec![b, c]);
+    let replayed = dlq.get(a).await.unwrap().unwrap();
+    assert_eq!(replayed.replayed_to.as_deref(), Some("conn-x"));
+    dlq.release(b, "nobody".into()).await.unwrap_or(()); // releasing an unclaimed entry is harmless
+    dlq.claim(c, "conn-z".into()).await.unwrap();
+    dlq.release(c, "conn-z is gone".into()).await.unwrap();
+    let released = dlq.get(c).await.unwrap().unwrap();
+    assert_eq!(
+        (released.replayed_at, released.attempts, released.last_error.as_deref()),
+        (None, 2, Some("conn-z is gone"))
+    );
+    assert!(matches!(dlq.claim(c, "conn-w".into()).await.unwrap(), Claim::Claimed(_)));
+
+    // Concurrent claims of one entry: exactly one wins.
+    let d = dlq.add(dead_letter("conn-d", "race")).await.unwrap();
+    let mut tasks = JoinSet::new();
+    for i in 0..8 {
+        let dlq = dlq.clone();
+        tasks.spawn(async move { dlq.claim(d, format!("conn-{i}")).await.unwrap() });
+    }
+    let won = tasks
+        .join_all()
+        .await
+        .into_iter()
+        .filter(|c| matches!(c, Claim::Claimed(_)))
+        .count();
+    assert_eq!(won, 1, "one of eight concurrent claims wins");
+
+    // Purge: one, the replayed ones, all.
+    assert_eq!(dlq.purge(Purge::One(b)).await.unwrap(), 1);
+    assert_eq!(dlq.purge(Purge::One(b)).await.unwrap(), 0);
+    assert_eq!(dlq.get(b).await.unwrap(), None);
+    // a, c and d are replayed now.
+    assert_eq!(dlq.purge(Purge::Replayed).await.unwrap(), 3);
+    let e = dlq.add(dead_letter("conn-e", "fifth")).await.unwrap();
+    assert!(e > d, "ids are not reused after a purge");
+    assert_eq!(dlq.depth().await.unwrap(), 1);
+    assert_eq!(dlq.purge(Purge::All).await.unwrap(), 1);
+    assert_eq!(dlq.depth().await.unwrap(), 0);
 }

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use async_trait::async_trait;
 
 use crate::ports::{
-    Appended, CommitListener, ConnectionRecord, ConnectionStore, Deletion, MessageLog, NewMessage,
-    StoreError,
+    Appended, Claim, CommitListener, ConnectionRecord, ConnectionStore, DeadLetter, DeadLetters,
+    Deletion, MessageLog, NewDeadLetter, NewMessage, Purge, StoreError, StoreLifecycle,
 };
 use crate::protocol::{ChatMessage, HistoryQuery, Page};
 use crate::types::{ConnectionId, RoomId, Seq, UserName, now_ms};
@@ -200,11 +200,130 @@ impl ConnectionStore for MemoryConnections {
     }
 }
 
+/// [`DeadLetters`] in a mutex.
+#[derive(Default)]
+pub struct MemoryDeadLetters {
+    entries: Mutex<BTreeMap<u64, DeadLetter>>,
+    /// The last id given; ids are never reused, even after a purge.
+    last_id: std::sync::atomic::AtomicU64,
+}
+
+impl MemoryDeadLetters {
+    fn entries(&self) -> MutexGuard<'_, BTreeMap<u64, DeadLetter>> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[async_trait]
+impl DeadLetters for MemoryDeadLetters {
+    async fn add(&self, e: NewDeadLetter) -> Result<u64, StoreError> {
+        let mut entries = self.entries();
+        let id = self
+            .last_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
+        entries.insert(
+            id,
+            DeadLetter {
+                id,
+                created_at: now_ms(),
+                kind: e.kind,
+                target: e.target,
+                user: e.user,
+                reason: e.reason,
+                payload: e.payload.to_string(),
+                attempts: 1,
+                last_error: None,
+                replayed_at: None,
+                replayed_to: None,
+            },
+        );
+        Ok(id)
+    }
+
+    async fn get(&self, id: u64) -> Result<Option<DeadLetter>, StoreError> {
+        Ok(self.entries().get(&id).cloned())
+    }
+
+    async fn list(
+        &self,
+        after: u64,
+        limit: usize,
+        pending_only: bool,
+    ) -> Result<Vec<DeadLetter>, StoreError> {
+        Ok(self
+            .entries()
+            .range(after.saturating_add(1)..)
+            .map(|(_, e)| e)
+            .filter(|e| !pending_only || e.replayed_at.is_none())
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+
+    async fn depth(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .entries()
+            .values()
+            .filter(|e| e.replayed_at.is_none())
+            .count() as u64)
+    }
+
+    async fn claim(&self, id: u64, to: String) -> Result<Claim, StoreError> {
+        let mut entries = self.entries();
+        let Some(entry) = entries.get_mut(&id) else {
+            return Ok(Claim::NotFound);
+        };
+        if let (Some(at), Some(to)) = (entry.replayed_at, &entry.replayed_to) {
+            return Ok(Claim::AlreadyReplayed { at, to: to.clone() });
+        }
+        let before = entry.clone();
+        entry.replayed_at = Some(now_ms());
+        entry.replayed_to = Some(to);
+        Ok(Claim::Claimed(before))
+    }
+
+    async fn release(&self, id: u64, error: String) -> Result<(), StoreError> {
+        if let Some(entry) = self.entries().get_mut(&id) {
+            entry.replayed_at = None;
+            entry.replayed_to = None;
+            entry.attempts += 1;
+            entry.last_error = Some(error);
+        }
+        Ok(())
+    }
+
+    async fn purge(&self, which: Purge) -> Result<u64, StoreError> {
+        let mut entries = self.entries();
+        let before = entries.len();
+        match which {
+            Purge::One(id) => {
+                entries.remove(&id);
+            }
+            Purge::Replayed => entries.retain(|_, e| e.replayed_at.is_none()),
+            Purge::All => entries.clear(),
+        }
+        Ok((before - entries.len()) as u64)
+    }
+}
+
+/// Nothing to probe or flush in memory.
+pub struct MemoryLifecycle;
+
+#[async_trait]
+impl StoreLifecycle for MemoryLifecycle {
+    async fn probe(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    async fn shutdown(&self) {}
+}
+
 #[cfg(all(test, feature = "conformance"))]
 mod conformance_tests {
     use std::sync::Arc;
 
-    use super::{MemoryConnections, MemoryLog};
+    use super::{MemoryConnections, MemoryDeadLetters, MemoryLog};
     use crate::conformance;
 
     #[tokio::test]
@@ -217,5 +336,10 @@ mod conformance_tests {
     async fn memory_connections_pass_the_conformance_suite() {
         conformance::connection_store(|| async { Arc::new(MemoryConnections::default()) as _ })
             .await;
+    }
+
+    #[tokio::test]
+    async fn memory_dead_letters_pass_the_conformance_suite() {
+        conformance::dead_letters(|| async { Arc::new(MemoryDeadLetters::default()) as _ }).await;
     }
 }

@@ -142,3 +142,206 @@ pub struct Disconnected;
 pub trait Outbox: Send {
     async fn send_text(&mut self, text: String) -> Result<(), Disconnected>;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Dead letters
+
+/// What kind of operation a dead letter holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeadLetterKind {
+    /// A `POST /@connections/{id}` payload.
+    PostToConnection,
+}
+
+impl DeadLetterKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeadLetterKind::PostToConnection => "post_to_connection",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        (s == "post_to_connection").then_some(DeadLetterKind::PostToConnection)
+    }
+}
+
+/// A dead letter to record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewDeadLetter {
+    pub kind: DeadLetterKind,
+    /// The connection id it was for.
+    pub target: String,
+    /// The connection's user, when the server knew it.
+    pub user: Option<String>,
+    pub reason: String,
+    /// Shared, so the copy a retry keeps is cheap.
+    pub payload: Arc<str>,
+}
+
+/// A stored dead letter.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeadLetter {
+    pub id: u64,
+    /// Milliseconds since the epoch.
+    pub created_at: u64,
+    pub kind: DeadLetterKind,
+    pub target: String,
+    pub user: Option<String>,
+    pub reason: String,
+    pub payload: String,
+    /// Delivery attempts so far: the original one plus failed replays.
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    pub replayed_at: Option<u64>,
+    pub replayed_to: Option<String>,
+}
+
+/// The store's answer to a claim before replay.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// The entry is now marked replayed (to the given connection); here it is as it was.
+    Claimed(DeadLetter),
+    AlreadyReplayed { at: u64, to: String },
+    NotFound,
+}
+
+/// Which entries a purge removes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Purge {
+    One(u64),
+    Replayed,
+    All,
+}
+
+/// The dead-letter queue's storage: what the server accepted and could not deliver.
+///
+/// Contract (checked by the conformance suite):
+/// - `add` returns only after the entry is durable; ids are unique and increase;
+/// - `claim` is atomic: of two concurrent claims of one entry exactly one gets `Claimed`, the
+///   other `AlreadyReplayed`; a claimed entry counts as replayed (not in `depth`, skipped by
+///   `list(pending_only)`);
+/// - `release` undoes a claim after a failed delivery: the entry is pending again, with
+///   `attempts + 1` and `last_error` set;
+/// - `list` is oldest first, ids greater than `after`, at most `limit`.
+#[async_trait]
+pub trait DeadLetters: Send + Sync + 'static {
+    async fn add(&self, entry: NewDeadLetter) -> Result<u64, StoreError>;
+
+    async fn get(&self, id: u64) -> Result<Option<DeadLetter>, StoreError>;
+
+    async fn list(
+        &self,
+        after: u64,
+        limit: usize,
+        pending_only: bool,
+    ) -> Result<Vec<DeadLetter>, StoreError>;
+
+    /// Entries not replayed yet.
+    async fn depth(&self) -> Result<u64, StoreError>;
+
+    /// Marks the entry replayed to `to`, unless it was already.
+    async fn claim(&self, id: u64, to: String) -> Result<Claim, StoreError>;
+
+    /// Makes a claimed entry pending again after a failed delivery.
+    async fn release(&self, id: u64, error: String) -> Result<(), StoreError>;
+
+    /// Removes entries; returns how many.
+    async fn purge(&self, which: Purge) -> Result<u64, StoreError>;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Readiness and shutdown
+
+/// The store's side of `/readyz` and of graceful shutdown.
+#[async_trait]
+pub trait StoreLifecycle: Send + Sync + 'static {
+    /// `Ok` when the store can commit a write now (a real write, not a ping).
+    async fn probe(&self) -> Result<(), StoreError>;
+
+    /// Finishes what the store still has queued; later calls fail with `unavailable`.
+    async fn shutdown(&self);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reaching a connection
+
+/// Why a post to a connection was not queued.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PostError {
+    /// Its outbound queue is full (it is not reading).
+    Full,
+    /// It is not connected.
+    Gone,
+}
+
+/// `GET /@connections/{id}`'s body: API Gateway's fields, then who and how.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ConnectionDescription {
+    #[serde(flatten)]
+    pub info: crate::protocol::ConnectionInfo,
+    pub user: UserName,
+    pub mode: Mode,
+}
+
+/// The connections live on this node (the server's hub): what a peer's request reaches.
+pub trait LocalConnections: Send + Sync + 'static {
+    /// Queues `text` for the connection, as `POST /@connections/{id}`.
+    fn post(&self, id: &ConnectionId, text: String) -> Result<(), PostError>;
+
+    fn describe(&self, id: &ConnectionId) -> Option<ConnectionDescription>;
+
+    /// Asks the connection to close with `code`; `false` when it is not here.
+    fn close(&self, id: &ConnectionId, code: u16, reason: &str) -> bool;
+}
+
+/// Connections on other nodes (the cluster shape): the management API asks here for an id its
+/// own hub does not have. Every answer is the owning node's; `Gone` when no node has it.
+#[async_trait]
+pub trait PeerConnections: Send + Sync + 'static {
+    async fn post(&self, id: &ConnectionId, text: String) -> Result<Result<(), PostError>, StoreError>;
+
+    async fn describe(&self, id: &ConnectionId) -> Result<Option<ConnectionDescription>, StoreError>;
+
+    async fn close(&self, id: &ConnectionId, code: u16, reason: &str) -> Result<bool, StoreError>;
+}
+
+// ---------------------------------------------------------------------------------------------
+// A deployment shape
+
+/// The node's own fan-out, which a store is opened with: committed messages go to `listener`,
+/// memberships and presence of this node's connections are `rooms`, and `local` is how a peer
+/// node reaches a connection here.
+#[derive(Clone)]
+pub struct Fanout {
+    pub listener: Arc<dyn CommitListener>,
+    pub rooms: Arc<dyn RoomMembership>,
+    pub local: Arc<dyn LocalConnections>,
+}
+
+/// Everything the server needs from a deployment shape, opened.
+#[derive(Clone)]
+pub struct Stores {
+    /// `"sqlite"`, `"nats"`, ...: said in logs and on `/readyz`.
+    pub kind: &'static str,
+    pub log: Arc<dyn MessageLog>,
+    pub connections: Arc<dyn ConnectionStore>,
+    /// Membership and presence as the handlers see them: the fan-out's own for one node, a
+    /// cluster-wide view in a cluster.
+    pub rooms: Arc<dyn RoomMembership>,
+    pub dead_letters: Arc<dyn DeadLetters>,
+    pub lifecycle: Arc<dyn StoreLifecycle>,
+    /// Connections on other nodes; `None` for a single node.
+    pub peers: Option<Arc<dyn PeerConnections>>,
+}
+
+/// Why a store could not be opened; the message says what to fix.
+pub type OpenError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A deployment shape that can be opened: the server calls this once at start, with its fan-out.
+#[async_trait]
+pub trait Backend: Send + 'static {
+    async fn open(self: Box<Self>, fanout: Fanout) -> Result<Stores, OpenError>;
+}
