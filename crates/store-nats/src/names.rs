@@ -1,0 +1,123 @@
+//! Subjects, KV keys and headers: every name this store writes to NATS, in one place.
+//!
+//! Room names may hold `.`, NATS's token separator, but never `=`: a room's token is its name
+//! with `.` written as `=`, readable in `nats stream view` and still one token. Connection ids,
+//! users and message ids may hold anything, so their tokens are base64url (no padding).
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use dynamowave_core::{RoomId, Seq};
+
+/// Header: who sent a message.
+pub const USER: &str = "Dw-User";
+/// Header: the client's idempotency key.
+pub const ID: &str = "Dw-Id";
+/// Header: commit time, ms since the epoch.
+pub const TS: &str = "Dw-Ts";
+/// Header on a tombstone: when the message was deleted.
+pub const DELETED_AT: &str = "Dw-Deleted-At";
+/// Header on a tombstone: the room's head when it was written (a tombstone can be the newest
+/// entry of a room, and the head must not move back).
+pub const HEAD: &str = "Dw-Head";
+
+pub fn room_token(room: &RoomId) -> String {
+    room.as_str().replace('.', "=")
+}
+
+pub fn room_from_token(token: &str) -> Option<RoomId> {
+    RoomId::parse(&token.replace('=', ".")).ok()
+}
+
+pub fn b64(s: &str) -> String {
+    URL_SAFE_NO_PAD.encode(s.as_bytes())
+}
+
+pub fn from_b64(s: &str) -> Option<String> {
+    String::from_utf8(URL_SAFE_NO_PAD.decode(s).ok()?).ok()
+}
+
+/// The stream and subject names of one cluster (one `prefix`, default `DW`).
+#[derive(Clone, Debug)]
+pub struct Names {
+    /// `DW`: streams `DW_MESSAGES`, buckets `DW_CONNECTIONS`, `DW_IDS`, `DW_DEADLETTERS`.
+    pub prefix: String,
+    /// `dw`: the subject root.
+    pub root: String,
+}
+
+impl Names {
+    pub fn new(prefix: &str) -> Self {
+        Names {
+            prefix: prefix.to_ascii_uppercase(),
+            root: prefix.to_ascii_lowercase(),
+        }
+    }
+
+    pub fn messages_stream(&self) -> String {
+        format!("{}_MESSAGES", self.prefix)
+    }
+
+    pub fn connections_bucket(&self) -> String {
+        format!("{}_CONNECTIONS", self.prefix)
+    }
+
+    pub fn ids_bucket(&self) -> String {
+        format!("{}_IDS", self.prefix)
+    }
+
+    pub fn dead_letters_bucket(&self) -> String {
+        format!("{}_DEADLETTERS", self.prefix)
+    }
+
+    /// Every message and tombstone: `dw.msg.<room>.<seq>`.
+    pub fn all_messages(&self) -> String {
+        format!("{}.msg.>", self.root)
+    }
+
+    /// One room's entries, for "the newest entry of the room".
+    pub fn room_messages(&self, room: &RoomId) -> String {
+        format!("{}.msg.{}.*", self.root, room_token(room))
+    }
+
+    pub fn message(&self, room: &RoomId, seq: Seq) -> String {
+        format!("{}.msg.{}.{}", self.root, room_token(room), seq.0)
+    }
+
+    /// Parses `dw.msg.<room>.<seq>`.
+    pub fn parse_message(&self, subject: &str) -> Option<(RoomId, Seq)> {
+        let rest = subject.strip_prefix(&self.root)?.strip_prefix(".msg.")?;
+        let (room, seq) = rest.rsplit_once('.')?;
+        Some((room_from_token(room)?, Seq(seq.parse().ok()?)))
+    }
+
+    /// The readiness probe's own subject in the messages stream (not delivered to anyone).
+    pub fn probe(&self, node: &str) -> String {
+        format!("{}.probe.{node}", self.root)
+    }
+
+    /// Where a node answers for its connections (`@connections` from other nodes).
+    pub fn node_inbox(&self, node: &str) -> String {
+        format!("{}.node.{node}.connections", self.root)
+    }
+}
+
+/// The idempotency key of `(room, user, id)`: the `Nats-Msg-Id` and the `DW_IDS` key.
+pub fn idempotency_key(room: &RoomId, user: &str, id: &str) -> String {
+    format!("{}.{}.{}", room_token(room), b64(user), b64(id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_round_trip() {
+        let names = Names::new("DW");
+        let room = RoomId::parse("ops.eu-1").unwrap();
+        let subject = names.message(&room, Seq(42));
+        assert_eq!(subject, "dw.msg.ops=eu-1.42");
+        assert_eq!(names.parse_message(&subject), Some((room, Seq(42))));
+        assert_eq!(names.parse_message("dw.probe.n1"), None);
+        assert_eq!(from_b64(&b64("zoë.*>")).as_deref(), Some("zoë.*>"));
+    }
+}
