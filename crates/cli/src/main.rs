@@ -113,3 +113,15 @@ fn main() -> anyhow::Result<()> {
         None => runtime.block_on(serve::run(serve::ServeArgs::from_env())),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// clap checks its own rules (unique ids, flag names) only when a command is built: here,
+    /// for every subcommand, rather than at a user's first run.
+    #[test]
+    fn the_command_line_is_well_formed() {
+        super::Cli::command().debug_assert();
+    }
+}

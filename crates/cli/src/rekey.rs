@@ -1,6 +1,6 @@
 //! `dynamowave rekey`: rewrites every stored message body and dead-letter payload that is not
 //! under the newest encryption key (older keys, plaintext rows), while a server may keep
-//! serving on the same store (the work is in `dynamowave_server::store::rekey`).
+//! serving on the same store (the work is in `dynamowave_store_sqlite::rekey`).
 //!
 //! It reads the configuration as `serve` does (defaults < `--config` < environment < flags), so
 //! it is run with the server's own settings: the key to move to last, the old ones before it.
@@ -10,8 +10,8 @@ use std::path::PathBuf;
 
 use anyhow::bail;
 use clap::Args;
-use dynamowave_server::store::cipher::{KEY_HOWTO, Keyring};
-use dynamowave_server::store::rekey::{self, RekeyOptions, RekeyReport};
+use dynamowave_store_sqlite::cipher::{KEY_HOWTO, Keyring};
+use dynamowave_store_sqlite::rekey::{self, RekeyOptions, RekeyReport};
 
 use crate::serve::ServeArgs;
 
@@ -61,7 +61,11 @@ pub fn run(args: RekeyArgs) -> anyhow::Result<()> {
         serve.security.encryption_keys = args.encryption_keys;
     }
     let config = serve.into_config()?;
-    let Some(keys) = Keyring::from_config(&config.encryption)? else {
+    if let Some(url) = &config.cluster.url {
+        bail!("{}", crate::backup::not_in_cluster("rekey", url));
+    }
+    let Some(keys) = Keyring::from_sources(&config.encryption.key_files, &config.encryption.keys)?
+    else {
         bail!(
             "no encryption key is configured: give the keys as for `dynamowave serve` (--encryption-key-file FILE, \
              repeated, or DYNAMOWAVE_ENCRYPTION_KEY), the key to rewrite every row under last ({KEY_HOWTO})"

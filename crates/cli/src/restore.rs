@@ -1,11 +1,11 @@
 //! `dynamowave restore --from BACKUP|DATA_DIR --to TIME --into NEW_DIR`: a new data directory
-//! holding the state at an instant (the work is in `dynamowave_server::store::snapshot`).
+//! holding the state at an instant (the work is in `dynamowave_store_sqlite::snapshot`).
 
 use std::path::PathBuf;
 
 use clap::Args;
 use dynamowave_core::types::rfc3339_ms;
-use dynamowave_server::store::snapshot;
+use dynamowave_store_sqlite::snapshot;
 
 #[derive(Args, Debug)]
 pub struct RestoreArgs {
@@ -21,9 +21,15 @@ pub struct RestoreArgs {
     /// `dynamowave serve --data-dir NEW_DIR`.
     #[arg(long, value_name = "NEW_DIR")]
     pub into: PathBuf,
+    /// Set in a cluster node's environment: a restore is then refused (see docs/cluster.md).
+    #[arg(long, env = "DYNAMOWAVE_CLUSTER", hide = true)]
+    pub cluster: Option<String>,
 }
 
 pub fn run(args: RestoreArgs) -> anyhow::Result<()> {
+    if let Some(url) = &args.cluster {
+        anyhow::bail!("{}", crate::backup::not_in_cluster("restore", url));
+    }
     let info = snapshot::restore(&args.from, args.to, &args.into)?;
     println!(
         "restored {} to {} (source taken at {}): {} messages kept, {} dropped, {} tombstones cleared, {} still deleted; {} rooms ({} dropped); dead letters: {} dropped, {} un-replayed",

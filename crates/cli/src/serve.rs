@@ -2,10 +2,14 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser};
+use dynamowave_core::ports::Backend;
 use dynamowave_server::ServerConfig;
+use dynamowave_store_nats::{NatsBackend, NatsConfig};
+use dynamowave_store_sqlite::SqliteBackend;
 
 /// Every option also reads a `DYNAMOWAVE_*` variable; precedence is
 /// defaults < `--config` file < environment < flags.
@@ -51,6 +55,71 @@ pub struct ServeArgs {
     pub security: SecurityArgs,
     #[command(flatten)]
     pub limits: LimitArgs,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+/// One node of a cluster on NATS JetStream instead of the embedded store (TOML table
+/// `[cluster]`; docs/cluster.md).
+#[derive(Args, Debug, Default)]
+pub struct ClusterArgs {
+    /// Join a cluster on NATS JetStream: nats://HOST:PORT or tls://HOST:PORT, comma-separated
+    /// for several servers [default: none, the embedded SQLite store].
+    #[arg(long, env = "DYNAMOWAVE_CLUSTER", help_heading = "Cluster")]
+    pub cluster: Option<String>,
+    /// This node's id, unique in the cluster (A-Z, a-z, 0-9, - and _) [default: random, printed at start].
+    #[arg(long, env = "DYNAMOWAVE_NODE_ID", help_heading = "Cluster")]
+    pub node_id: Option<String>,
+    /// Replicas of the streams and buckets, at most the NATS servers in the cluster [default: 1].
+    #[arg(long, env = "DYNAMOWAVE_CLUSTER_REPLICAS", help_heading = "Cluster")]
+    pub cluster_replicas: Option<usize>,
+    /// NATS user (with --cluster-password).
+    #[arg(long, env = "DYNAMOWAVE_CLUSTER_USER", help_heading = "Cluster")]
+    pub cluster_user: Option<String>,
+    /// NATS password of --cluster-user.
+    #[arg(
+        long,
+        env = "DYNAMOWAVE_CLUSTER_PASSWORD",
+        hide_env_values = true,
+        help_heading = "Cluster"
+    )]
+    pub cluster_password: Option<String>,
+    /// NATS token.
+    #[arg(
+        long,
+        env = "DYNAMOWAVE_CLUSTER_TOKEN",
+        hide_env_values = true,
+        help_heading = "Cluster"
+    )]
+    pub cluster_token: Option<String>,
+    /// NATS credentials file (user JWT and nkey seed).
+    #[arg(long, env = "DYNAMOWAVE_CLUSTER_CREDS", help_heading = "Cluster")]
+    pub cluster_creds: Option<PathBuf>,
+    /// PEM CA certificate of tls:// NATS servers that are not publicly trusted.
+    #[arg(long, env = "DYNAMOWAVE_CLUSTER_TLS_CA", help_heading = "Cluster")]
+    pub cluster_tls_ca: Option<PathBuf>,
+    /// PEM client certificate, for NATS servers that verify clients (with --cluster-tls-key).
+    #[arg(long, env = "DYNAMOWAVE_CLUSTER_TLS_CERT", help_heading = "Cluster")]
+    pub cluster_tls_cert: Option<PathBuf>,
+    /// PEM private key of --cluster-tls-cert.
+    #[arg(long, env = "DYNAMOWAVE_CLUSTER_TLS_KEY", help_heading = "Cluster")]
+    pub cluster_tls_key: Option<PathBuf>,
+    /// Seconds message ids are remembered for idempotent retries [default: 86400].
+    #[arg(long, env = "DYNAMOWAVE_CLUSTER_ID_TTL_S", help_heading = "Cluster")]
+    pub cluster_id_ttl_s: Option<u64>,
+    /// JetStream's duplicate window on the messages stream, seconds [default: 120].
+    #[arg(
+        long,
+        env = "DYNAMOWAVE_CLUSTER_DUPLICATE_WINDOW_S",
+        help_heading = "Cluster"
+    )]
+    pub cluster_duplicate_window_s: Option<u64>,
+    /// Seconds after its last heartbeat that a node's connections leave the members lists [default: 15].
+    #[arg(long, env = "DYNAMOWAVE_CLUSTER_NODE_TTL_S", help_heading = "Cluster")]
+    pub cluster_node_ttl_s: Option<u64>,
+    /// Prefix of the stream, bucket and subject names (several chats on one NATS) [default: DW].
+    #[arg(long, env = "DYNAMOWAVE_CLUSTER_PREFIX", help_heading = "Cluster")]
+    pub cluster_prefix: Option<String>,
 }
 
 /// TLS, authentication, access lists and encryption at rest (TOML tables `[tls]`, `[auth]`,
@@ -262,6 +331,18 @@ impl ServeArgs {
             connect_concurrency => connect_concurrency,
             message_concurrency => message_concurrency
         );
+        set_opt_in!(cluster, cluster:
+            cluster => url, node_id => node_id, cluster_user => user,
+            cluster_password => password, cluster_token => token, cluster_creds => creds_file,
+            cluster_tls_ca => tls_ca, cluster_tls_cert => tls_cert, cluster_tls_key => tls_key
+        );
+        set_in!(cluster, cluster:
+            cluster_replicas => replicas,
+            cluster_id_ttl_s => id_ttl_s,
+            cluster_duplicate_window_s => duplicate_window_s,
+            cluster_node_ttl_s => node_ttl_s,
+            cluster_prefix => prefix
+        );
         c.validate()?;
         Ok(c)
     }
@@ -274,10 +355,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             "running as root: run the server as an unprivileged user (see deploy/systemd/dynamowave.service)"
         );
     }
-    let (listen, data_dir) = (config.listen, config.data_dir.clone());
+    let listen = config.listen;
     let auth = config.auth.mode;
+    let (backend, store_text) = backend(&config);
     // Open the store first: the line below promises a server that accepts connections.
-    let server = dynamowave_server::Server::open(config).await?;
+    let server = dynamowave_server::Server::open(config, backend).await?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
@@ -295,17 +377,51 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     reload_on_sighup(server.tls())?;
     if server.tls().is_some() {
         println!(
-            "DynamoWave chat on wss://{addr}/ws and https://{addr}/ (data in {}) - try: npx wscat -c wss://{addr}/ws",
-            data_dir.display()
+            "DynamoWave chat on wss://{addr}/ws and https://{addr}/ ({store_text}) - try: npx wscat -c wss://{addr}/ws"
         );
     } else {
         println!(
-            "DynamoWave chat on ws://{addr}/ws (data in {}) - try: npx wscat -c ws://{addr}/ws",
-            data_dir.display()
+            "DynamoWave chat on ws://{addr}/ws ({store_text}) - try: npx wscat -c ws://{addr}/ws"
         );
     }
     server.serve(listener, shutdown_signal()).await?;
     Ok(())
+}
+
+/// The store of this deployment shape, and how the start line names it: a cluster node on
+/// NATS JetStream when `[cluster] url` is set, else the embedded SQLite store.
+fn backend(config: &ServerConfig) -> (Box<dyn Backend>, String) {
+    let cl = &config.cluster;
+    match &cl.url {
+        Some(url) => {
+            let mut nats = NatsConfig::new(url.clone());
+            if let Some(id) = &cl.node_id {
+                nats.node_id = id.clone();
+            }
+            nats.replicas = cl.replicas;
+            nats.user = cl.user.clone();
+            nats.password = cl.password.clone();
+            nats.token = cl.token.clone();
+            nats.creds_file = cl.creds_file.clone();
+            nats.tls_ca_file = cl.tls_ca.clone();
+            nats.tls_cert_file = cl.tls_cert.clone();
+            nats.tls_key_file = cl.tls_key.clone();
+            nats.prefix = cl.prefix.clone();
+            nats.id_ttl = Duration::from_secs(cl.id_ttl_s);
+            nats.duplicate_window = Duration::from_secs(cl.duplicate_window_s);
+            nats.node_ttl = Duration::from_secs(cl.node_ttl_s);
+            let text = format!("cluster node {} on {url}", nats.node_id);
+            (Box::new(NatsBackend::new(nats)), text)
+        }
+        None => {
+            let e = &config.encryption;
+            let sqlite = SqliteBackend::new(&config.data_dir, e.key_files.clone(), e.keys.clone());
+            (
+                Box::new(sqlite),
+                format!("data in {}", config.data_dir.display()),
+            )
+        }
+    }
 }
 
 /// SIGHUP re-reads the TLS certificate and key: new handshakes get the new certificate,

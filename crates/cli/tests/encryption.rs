@@ -19,7 +19,7 @@ use std::time::Duration;
 use common::ServerProcess;
 use dynamowave_client::Client;
 use dynamowave_core::protocol::ServerFrame;
-use dynamowave_server::store::cipher::{encode_key, key_id};
+use dynamowave_store_sqlite::cipher::{encode_key, key_id};
 use serde_json::Value;
 
 const KEY_A: [u8; 32] = [0x11; 32];

@@ -436,16 +436,33 @@ where
     assert!(a < b && b < c, "ids increase: {a} {b} {c}");
     let e = dlq.get(b).await.unwrap().expect("entry b");
     assert_eq!(
-        (e.id, e.target.as_str(), e.payload.as_str(), e.user.as_deref()),
+        (
+            e.id,
+            e.target.as_str(),
+            e.payload.as_str(),
+            e.user.as_deref()
+        ),
         (b, "conn-b", big.as_str(), Some("ann"))
     );
-    assert_eq!((e.kind, e.reason.as_str()), (DeadLetterKind::PostToConnection, "gone"));
-    assert_eq!((e.attempts, e.replayed_at, e.last_error.clone()), (1, None, None));
-    assert!(e.created_at > 1_600_000_000_000, "created_at is epoch milliseconds");
+    assert_eq!(
+        (e.kind, e.reason.as_str()),
+        (DeadLetterKind::PostToConnection, "gone")
+    );
+    assert_eq!(
+        (e.attempts, e.replayed_at, e.last_error.clone()),
+        (1, None, None)
+    );
+    assert!(
+        e.created_at > 1_600_000_000_000,
+        "created_at is epoch milliseconds"
+    );
     let ids = |v: Vec<crate::ports::DeadLetter>| v.into_iter().map(|e| e.id).collect::<Vec<_>>();
     assert_eq!(ids(dlq.list(0, 10, false).await.unwrap()), vec![a, b, c]);
     assert_eq!(ids(dlq.list(a, 1, false).await.unwrap()), vec![b]);
-    assert_eq!(ids(dlq.list(c, 10, false).await.unwrap()), Vec::<u64>::new());
+    assert_eq!(
+        ids(dlq.list(c, 10, false).await.unwrap()),
+        Vec::<u64>::new()
+    );
     assert_eq!(dlq.depth().await.unwrap(), 3);
 
     // Claim: once; a second claim sees the first; release makes it pending again.
@@ -458,7 +475,10 @@ where
     };
     assert!(at > 0);
     assert_eq!(to, "conn-x");
-    assert_eq!(dlq.claim(999_999, "conn-x".into()).await.unwrap(), Claim::NotFound);
+    assert_eq!(
+        dlq.claim(999_999, "conn-x".into()).await.unwrap(),
+        Claim::NotFound
+    );
     assert_eq!(dlq.depth().await.unwrap(), 2);
     assert_eq!(ids(dlq.list(0, 10, true).await.unwrap()), vec![b, c]);
     let replayed = dlq.get(a).await.unwrap().unwrap();
@@ -468,10 +488,17 @@ where
     dlq.release(c, "conn-z is gone".into()).await.unwrap();
     let released = dlq.get(c).await.unwrap().unwrap();
     assert_eq!(
-        (released.replayed_at, released.attempts, released.last_error.as_deref()),
+        (
+            released.replayed_at,
+            released.attempts,
+            released.last_error.as_deref()
+        ),
         (None, 2, Some("conn-z is gone"))
     );
-    assert!(matches!(dlq.claim(c, "conn-w".into()).await.unwrap(), Claim::Claimed(_)));
+    assert!(matches!(
+        dlq.claim(c, "conn-w".into()).await.unwrap(),
+        Claim::Claimed(_)
+    ));
 
     // Concurrent claims of one entry: exactly one wins.
     let d = dlq.add(dead_letter("conn-d", "race")).await.unwrap();

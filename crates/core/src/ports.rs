@@ -203,7 +203,10 @@ pub struct DeadLetter {
 pub enum Claim {
     /// The entry is now marked replayed (to the given connection); here it is as it was.
     Claimed(DeadLetter),
-    AlreadyReplayed { at: u64, to: String },
+    AlreadyReplayed {
+        at: u64,
+        to: String,
+    },
     NotFound,
 }
 
@@ -301,9 +304,16 @@ pub trait LocalConnections: Send + Sync + 'static {
 /// own hub does not have. Every answer is the owning node's; `Gone` when no node has it.
 #[async_trait]
 pub trait PeerConnections: Send + Sync + 'static {
-    async fn post(&self, id: &ConnectionId, text: String) -> Result<Result<(), PostError>, StoreError>;
+    async fn post(
+        &self,
+        id: &ConnectionId,
+        text: String,
+    ) -> Result<Result<(), PostError>, StoreError>;
 
-    async fn describe(&self, id: &ConnectionId) -> Result<Option<ConnectionDescription>, StoreError>;
+    async fn describe(
+        &self,
+        id: &ConnectionId,
+    ) -> Result<Option<ConnectionDescription>, StoreError>;
 
     async fn close(&self, id: &ConnectionId, code: u16, reason: &str) -> Result<bool, StoreError>;
 }

@@ -7,24 +7,26 @@ use axum::Router;
 use axum::routing::get;
 use dynamowave_core::error::close_code;
 use dynamowave_core::handlers::Services;
-use dynamowave_core::ports::{ConnectionStore, StoreError};
+use dynamowave_core::ports::{Backend, Fanout, OpenError, PeerConnections, StoreError, Stores};
 use dynamowave_core::protocol::Limits;
 use dynamowave_core::retry::{RetryPolicy, RetryingLog};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::{ConfigError, ServerConfig};
-use crate::dlq::DeadLetters;
+use crate::dlq::DeadLetterQueue;
 use crate::hub::Hub;
-use crate::store::sqlite::{OpenError, SqliteStore};
 use crate::{api, gateway, health, web};
 
 /// What every request and connection task shares.
 #[derive(Clone)]
 pub struct AppState {
     pub services: Services,
+    /// This node's connections and the fan-out to them.
     pub hub: Arc<Hub>,
-    pub dead_letters: Arc<DeadLetters>,
+    /// Connections on other nodes (a cluster store); `None` on a single node.
+    pub peers: Option<Arc<dyn PeerConnections>>,
+    pub dead_letters: Arc<DeadLetterQueue>,
     pub config: Arc<ServerConfig>,
     /// Turns true when the server starts shutting down.
     pub shutting_down: watch::Receiver<bool>,
@@ -45,33 +47,34 @@ impl AppState {
         }
     }
 
-    /// For unit tests of routes: in-memory chat stores, and a SQLite store in `dir` for what
-    /// only exists there (dead letters, the readiness probe), returned too.
+    /// For unit tests of routes: in-memory stores, and `lifecycle` for the readiness probe.
     #[cfg(test)]
     pub(crate) fn for_tests(
-        dir: &std::path::Path,
         config: ServerConfig,
         shutting_down: watch::Receiver<bool>,
-    ) -> (Self, Arc<SqliteStore>) {
-        use dynamowave_core::memory::{MemoryConnections, MemoryLog};
+        lifecycle: Arc<dyn dynamowave_core::ports::StoreLifecycle>,
+    ) -> Self {
+        use dynamowave_core::memory::{MemoryConnections, MemoryDeadLetters, MemoryLog};
         let hub = Arc::new(Hub::default());
-        let store = Arc::new(SqliteStore::open(dir, hub.clone()).unwrap());
-        let state = AppState {
+        AppState {
             services: Services {
                 log: Arc::new(MemoryLog::new(hub.clone())),
                 connections: Arc::new(MemoryConnections::default()),
                 rooms: hub.clone(),
                 limits: AppState::limits(&config),
             },
-            dead_letters: Arc::new(DeadLetters::new(store.clone(), hub.clone())),
-            readiness: Arc::new(health::Readiness::new(store.clone())),
+            peers: None,
+            dead_letters: Arc::new(DeadLetterQueue::new(
+                Arc::new(MemoryDeadLetters::default()),
+                hub.clone(),
+            )),
+            readiness: Arc::new(health::Readiness::new(lifecycle)),
             hub,
             limiter: Arc::new(crate::limits::Limiter::new(&config.limits)),
             config: Arc::new(config),
             shutting_down,
             guard: Arc::new(crate::identity::Guard::open()),
-        };
-        (state, store)
+        }
     }
 }
 
@@ -91,8 +94,9 @@ pub fn router(state: AppState) -> Router {
 pub enum ServerError {
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The backend could not open its store; its message says what to fix.
     #[error(transparent)]
-    Open(#[from] OpenError),
+    Open(OpenError),
     #[error("the store failed at start: {0}")]
     Store(#[from] StoreError),
     #[error("serving failed: {0}")]
@@ -105,14 +109,18 @@ pub enum ServerError {
 pub async fn run(
     listener: TcpListener,
     config: ServerConfig,
+    backend: Box<dyn Backend>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    Server::open(config).await?.serve(listener, shutdown).await
+    Server::open(config, backend)
+        .await?
+        .serve(listener, shutdown)
+        .await
 }
 
 /// A server whose store is open and clean, ready to serve.
 pub struct Server {
-    store: Arc<SqliteStore>,
+    stores: Stores,
     hub: Arc<Hub>,
     config: ServerConfig,
     /// IP lists, TLS (its certificate read at open), require-tls, handshake timeout.
@@ -122,30 +130,33 @@ pub struct Server {
 }
 
 impl Server {
-    /// Validates the config, opens the store (taking the data directory's lock) and purges the
-    /// connections a previous process left behind. No client can connect before this is done.
-    pub async fn open(config: ServerConfig) -> Result<Self, ServerError> {
+    /// Validates the config, opens the backend's store with this node's hub as its fan-out
+    /// (the SQLite backend takes the data directory's lock) and purges the connections a
+    /// previous process left behind. No client can connect before this is done.
+    pub async fn open(
+        config: ServerConfig,
+        backend: Box<dyn Backend>,
+    ) -> Result<Self, ServerError> {
         config.validate()?;
         // Before the store: a certificate that does not load stops the start.
         let gate = crate::listener::Gate::new(&config)?;
         // Also before the store: a key file that does not load stops the start.
         let guard = Arc::new(crate::identity::Guard::from_config(&config)?);
-        // Also before the store: encryption keys that do not load stop the start.
-        let keys = crate::store::cipher::keyring_at_start(&config.encryption)?;
+        // The store records its metrics from its first write on (the purge below).
+        crate::telemetry::prometheus();
         let hub = Arc::new(Hub::default());
-        let store = Arc::new(SqliteStore::open_with_keys(
-            &config.data_dir,
-            hub.clone(),
-            keys,
-        )?);
-        // Rows under a key that is not configured could not be read: refuse to start.
-        crate::store::cipher::refuse_unknown_keys(&store, &config.data_dir).await?;
-        let purged = store.purge_stale().await?;
+        let fanout = Fanout {
+            listener: hub.clone(),
+            rooms: hub.clone(),
+            local: hub.clone(),
+        };
+        let stores = backend.open(fanout).await.map_err(ServerError::Open)?;
+        let purged = stores.connections.purge_stale().await?;
         if purged > 0 {
             tracing::info!(purged, "removed connections left by a previous process");
         }
         Ok(Server {
-            store,
+            stores,
             hub,
             config,
             gate,
@@ -166,7 +177,7 @@ impl Server {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServerError> {
         let Server {
-            store,
+            stores,
             hub,
             config,
             gate,
@@ -176,14 +187,18 @@ impl Server {
         let (stop, shutting_down) = watch::channel(false);
         let state = AppState {
             services: Services {
-                log: Arc::new(RetryingLog::new(store.clone(), RetryPolicy::default())),
-                connections: store.clone(),
-                rooms: hub.clone(),
+                log: Arc::new(RetryingLog::new(stores.log.clone(), RetryPolicy::default())),
+                connections: stores.connections.clone(),
+                rooms: stores.rooms.clone(),
                 limits: AppState::limits(&config),
             },
             hub: hub.clone(),
-            dead_letters: Arc::new(DeadLetters::new(store.clone(), hub.clone())),
-            readiness: Arc::new(crate::health::Readiness::new(store.clone())),
+            peers: stores.peers.clone(),
+            dead_letters: Arc::new(DeadLetterQueue::new(
+                stores.dead_letters.clone(),
+                hub.clone(),
+            )),
+            readiness: Arc::new(crate::health::Readiness::new(stores.lifecycle.clone())),
             limiter: Arc::new(crate::limits::Limiter::new(&config.limits)),
             config: Arc::new(config),
             shutting_down,
@@ -217,7 +232,7 @@ impl Server {
                 "connections still open after the grace period"
             );
         }
-        store.shutdown().await;
+        stores.lifecycle.shutdown().await;
         tracing::info!("stopped");
         Ok(())
     }

@@ -43,6 +43,60 @@ pub struct ServerConfig {
     pub limits: LimitsConfig,
     /// `[encryption]`: message bodies at rest.
     pub encryption: EncryptionConfig,
+    /// `[cluster]`: one node of a cluster on NATS JetStream instead of the embedded store.
+    pub cluster: ClusterConfig,
+}
+
+/// `[cluster]` (flags `--cluster`, `--node-id`, `--cluster-*`; docs/cluster.md). With no `url`
+/// the server runs alone on its embedded SQLite store.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ClusterConfig {
+    /// `nats://HOST:PORT` or `tls://HOST:PORT`; comma-separated for several NATS servers.
+    pub url: Option<String>,
+    /// This node's id, unique in the cluster; a random one (printed at start) when unset.
+    pub node_id: Option<String>,
+    /// Replicas of the cluster's streams and buckets (3 on a three-server NATS cluster).
+    pub replicas: usize,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub token: Option<String>,
+    /// A NATS credentials file (JWT + nkey seed).
+    pub creds_file: Option<PathBuf>,
+    /// CA certificate of `tls://` servers, when not publicly trusted.
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate and key, for NATS servers that verify clients.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// How long message ids are remembered for idempotent retries, in seconds.
+    pub id_ttl_s: u64,
+    /// JetStream's own duplicate window on the messages stream, in seconds.
+    pub duplicate_window_s: u64,
+    /// A node that stops heartbeating leaves the members lists after this many seconds.
+    pub node_ttl_s: u64,
+    /// Names the streams and buckets (`DW_MESSAGES`, ...) and subjects (`dw.msg.>`).
+    pub prefix: String,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            url: None,
+            node_id: None,
+            replicas: 1,
+            user: None,
+            password: None,
+            token: None,
+            creds_file: None,
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
+            id_ttl_s: 24 * 3600,
+            duplicate_window_s: 120,
+            node_ttl_s: 15,
+            prefix: "DW".into(),
+        }
+    }
 }
 
 /// `[tls]` (flags `--tls-cert`, `--tls-key`, `--require-tls`).
@@ -212,6 +266,7 @@ impl Default for ServerConfig {
             access: AccessConfig::default(),
             limits: LimitsConfig::default(),
             encryption: EncryptionConfig::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -289,6 +344,38 @@ impl ServerConfig {
             .is_some_and(|s| s.len() < 32)
         {
             return bad("jwt-secret must be at least 32 characters (HS256 needs a long secret)");
+        }
+        let cl = &self.cluster;
+        if cl.url.is_some() {
+            if !matches!(cl.replicas, 1..=5) {
+                return bad("cluster-replicas must be between 1 and 5");
+            }
+            if cl.user.is_some() != cl.password.is_some() {
+                return bad("cluster-user and cluster-password go together: give both or neither");
+            }
+            if cl.tls_cert.is_some() != cl.tls_key.is_some() {
+                return bad(
+                    "cluster-tls-cert and cluster-tls-key go together: give both or neither",
+                );
+            }
+            if cl.node_ttl_s < 3 {
+                return bad(
+                    "cluster-node-ttl-s must be at least 3 (heartbeats go every third of it)",
+                );
+            }
+            if cl.id_ttl_s < cl.duplicate_window_s {
+                return bad("cluster-id-ttl-s must be at least cluster-duplicate-window-s");
+            }
+            if cl.duplicate_window_s == 0 {
+                return bad("cluster-duplicate-window-s must be at least 1");
+            }
+            if !self.encryption.key_files.is_empty() || !self.encryption.keys.is_empty() {
+                return bad(
+                    "encryption keys are for the embedded store and a cluster does not use them: \
+                     encrypt JetStream at rest with nats-server's `jetstream { cipher: aes, key: ... }` \
+                     (docs/cluster.md), and drop the encryption keys from this node's settings",
+                );
+            }
         }
         let l = &self.limits;
         if l.messages_per_second > 0 && l.message_burst == 0 {

@@ -1,6 +1,6 @@
 //! Dead letters: what the server took responsibility for and could not deliver, kept durably
-//! (the `dead_letters` table) with the reason, the time and the payload, until an operator
-//! replays or purges it.
+//! by the store (the core's [`DeadLetters`] port; in SQLite, the `dead_letters` table) with the
+//! reason, the time and the payload, until an operator replays or purges it.
 //!
 //! Where they come from. Chat messages never need one: a `sendmessage` is acked only after its
 //! commit, and a member that misses a live delivery resumes from history. What has no history
@@ -18,79 +18,10 @@ use std::sync::Arc;
 
 use axum::extract::ws::Utf8Bytes;
 use dynamowave_core::ConnectionId;
-use dynamowave_core::ports::StoreError;
+use dynamowave_core::ports::{Claim, DeadLetter, DeadLetters, NewDeadLetter, Purge, StoreError};
 use dynamowave_core::retry::RetryPolicy;
-use serde::Serialize;
 
 use crate::hub::{Hub, SendError};
-use crate::store::sqlite::SqliteStore;
-
-/// What kind of operation a dead letter holds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DeadLetterKind {
-    /// A `POST /@connections/{id}` payload.
-    PostToConnection,
-}
-
-impl DeadLetterKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DeadLetterKind::PostToConnection => "post_to_connection",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        (s == "post_to_connection").then_some(DeadLetterKind::PostToConnection)
-    }
-}
-
-/// A dead letter to record.
-#[derive(Clone, Debug)]
-pub struct NewDeadLetter {
-    pub kind: DeadLetterKind,
-    /// The connection id it was for.
-    pub target: String,
-    /// The connection's user, when the server knew it.
-    pub user: Option<String>,
-    pub reason: String,
-    pub payload: Utf8Bytes,
-}
-
-/// A stored dead letter.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct DeadLetter {
-    pub id: u64,
-    /// Milliseconds since the epoch.
-    pub created_at: u64,
-    pub kind: DeadLetterKind,
-    pub target: String,
-    pub user: Option<String>,
-    pub reason: String,
-    pub payload: String,
-    /// Delivery attempts so far: the original one plus failed replays.
-    pub attempts: u32,
-    pub last_error: Option<String>,
-    pub replayed_at: Option<u64>,
-    pub replayed_to: Option<String>,
-}
-
-/// The store's answer to a claim before replay.
-#[derive(Debug)]
-pub enum Claim {
-    Claimed(DeadLetter),
-    AlreadyReplayed { at: u64, to: String },
-    NotFound,
-}
-
-/// Which entries a purge removes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Purge {
-    One(u64),
-    Replayed,
-    All,
-}
 
 /// How a replay ended, when it did not fail.
 #[derive(Debug, PartialEq, Eq)]
@@ -116,16 +47,16 @@ pub enum ReplayError {
     Store(#[from] StoreError),
 }
 
-/// The dead-letter queue: the table, and replay through the hub.
-pub struct DeadLetters {
-    store: Arc<SqliteStore>,
+/// The dead-letter queue: the store's dead letters, and replay through the hub.
+pub struct DeadLetterQueue {
+    store: Arc<dyn DeadLetters>,
     hub: Arc<Hub>,
     retry: RetryPolicy,
 }
 
-impl DeadLetters {
-    pub fn new(store: Arc<SqliteStore>, hub: Arc<Hub>) -> Self {
-        DeadLetters {
+impl DeadLetterQueue {
+    pub fn new(store: Arc<dyn DeadLetters>, hub: Arc<Hub>) -> Self {
+        DeadLetterQueue {
             store,
             hub,
             retry: RetryPolicy::default(),
@@ -135,12 +66,9 @@ impl DeadLetters {
     /// Records an entry (with the store's retries). When even that fails the payload is lost;
     /// the error is logged with what would let an operator find it, never the payload itself.
     pub async fn add(&self, entry: NewDeadLetter) -> Result<u64, StoreError> {
-        // The payload is shared bytes, so the copy kept for retries is cheap. A failed batch
-        // stored nothing, so a retried entry is recorded once.
-        let result = self
-            .retry
-            .run(|| self.store.add_dead_letter(entry.clone()))
-            .await;
+        // The payload is shared, so the copy kept for retries is cheap. A failed add stored
+        // nothing (the port's contract), so a retried entry is recorded once.
+        let result = self.retry.run(|| self.store.add(entry.clone())).await;
         let (target, reason, bytes) = (&entry.target, &entry.reason, entry.payload.len());
         match &result {
             Ok(id) => {
@@ -154,7 +82,7 @@ impl DeadLetters {
     }
 
     pub async fn get(&self, id: u64) -> Result<Option<DeadLetter>, StoreError> {
-        self.store.dead_letter(id).await
+        self.store.get(id).await
     }
 
     pub async fn list(
@@ -163,32 +91,32 @@ impl DeadLetters {
         limit: usize,
         pending_only: bool,
     ) -> Result<Vec<DeadLetter>, StoreError> {
-        self.store.dead_letters(after, limit, pending_only).await
+        self.store.list(after, limit, pending_only).await
     }
 
     /// Entries not replayed yet. Also sets the `dynamowave_dlq_depth` gauge: `/metrics` calls
     /// this before it renders, so the gauge is exact at every scrape without being refreshed
     /// on each change.
     pub async fn depth(&self) -> Result<u64, StoreError> {
-        let depth = self.store.dead_letter_depth().await?;
+        let depth = self.store.depth().await?;
         metrics::gauge!("dynamowave_dlq_depth").set(depth as f64);
         Ok(depth)
     }
 
     pub async fn purge(&self, which: Purge) -> Result<u64, StoreError> {
-        self.store.purge_dead_letters(which).await
+        self.store.purge(which).await
     }
 
     /// Re-posts entry `id` to `to` (its original connection when `None`). See the module docs.
     pub async fn replay(&self, id: u64, to: Option<ConnectionId>) -> Result<Replayed, ReplayError> {
         let target = match &to {
             Some(c) => c.as_str().to_owned(),
-            None => match self.store.dead_letter(id).await? {
+            None => match self.store.get(id).await? {
                 Some(e) => e.target,
                 None => return Err(ReplayError::NotFound(id)),
             },
         };
-        let entry = match self.store.claim_dead_letter(id, target.clone()).await? {
+        let entry = match self.store.claim(id, target.clone()).await? {
             Claim::Claimed(entry) => entry,
             Claim::AlreadyReplayed { at, to } => return Ok(Replayed::Already { at, to }),
             Claim::NotFound => return Err(ReplayError::NotFound(id)),
@@ -197,7 +125,7 @@ impl DeadLetters {
             .ok()
             .and_then(|c| self.hub.connection(&c));
         let sent = match handle {
-            Some(h) => h.post(entry.payload.into()),
+            Some(h) => h.post(Utf8Bytes::from(entry.payload)),
             None => Err(SendError::Gone),
         };
         let failure = match sent {
@@ -205,9 +133,7 @@ impl DeadLetters {
             Err(SendError::Gone) => ReplayError::Gone(target),
             Err(SendError::Full) => ReplayError::Full(target),
         };
-        self.store
-            .release_dead_letter(id, failure.to_string())
-            .await?;
+        self.store.release(id, failure.to_string()).await?;
         Err(failure)
     }
 }

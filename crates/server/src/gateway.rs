@@ -21,7 +21,7 @@ use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use dynamowave_core::error::close_code;
 use dynamowave_core::handlers::{HandlerError, Session, connect, disconnect, dispatch, send_error};
-use dynamowave_core::ports::{Disconnected, Outbox};
+use dynamowave_core::ports::{DeadLetterKind, Disconnected, NewDeadLetter, Outbox};
 use dynamowave_core::protocol::{Identity, Mode, SUBPROTOCOL_V1};
 use dynamowave_core::types::now_ms;
 use dynamowave_core::{ChatError, ConnectionId};
@@ -30,7 +30,6 @@ use tokio::sync::mpsc;
 
 use crate::api::ApiError;
 use crate::app::AppState;
-use crate::dlq::{DeadLetterKind, NewDeadLetter};
 use crate::hub::{ConnectionHandle, Outgoing};
 use crate::instruments::instruments;
 use crate::limits::{ConnectionPermit, FrameGate, Verdict, frame_id};
@@ -358,7 +357,7 @@ async fn dead_letter_unsent(
             target: handle.id.as_str().to_owned(),
             user: Some(handle.user.as_str().to_owned()),
             reason: reason.clone(),
-            payload,
+            payload: payload.as_str().into(),
         };
         // Logged inside; nothing more to do here when even that fails.
         let _ = state.dead_letters.add(entry).await;

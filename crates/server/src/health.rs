@@ -2,7 +2,8 @@
 //!
 //! - `/healthz`: the process is up and answers HTTP. Always 200 `{"status":"ok"}`.
 //! - `/readyz`: the server should get traffic: it is not shutting down, and the store is
-//!   writable (a write probe through the SQLite writer commits within [`PROBE_TIMEOUT`]). 200
+//!   writable (the store's write probe, [`StoreLifecycle::probe`]: in SQLite, a write through
+//!   the writer's priority lane, commits within [`PROBE_TIMEOUT`]). 200
 //!   `{"status":"ready",...}`, else 503 `{"status":"not_ready","reason":"..."}`. A probe's
 //!   outcome is reused for [`CACHE_FOR`], so a burst of checks costs one commit.
 
@@ -13,12 +14,12 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use dynamowave_core::ports::StoreLifecycle;
 use serde_json::json;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 use crate::app::AppState;
-use crate::store::sqlite::SqliteStore;
 
 /// How long the store's write probe may take before the server counts as not ready.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -27,14 +28,14 @@ pub const CACHE_FOR: Duration = Duration::from_secs(1);
 
 /// The store's write probe, its last outcome cached for [`CACHE_FOR`].
 pub struct Readiness {
-    store: Arc<SqliteStore>,
+    store: Arc<dyn StoreLifecycle>,
     /// When the last probe ended and what it found (`Err`: why the store is not writable).
     /// Held across a probe: concurrent checks wait for the one running.
     last: Mutex<Option<(Instant, Result<(), String>)>>,
 }
 
 impl Readiness {
-    pub fn new(store: Arc<SqliteStore>) -> Self {
+    pub fn new(store: Arc<dyn StoreLifecycle>) -> Self {
         Readiness {
             store,
             last: Mutex::new(None),
@@ -107,28 +108,50 @@ fn no_store(status: StatusCode, body: serde_json::Value) -> Response {
 #[cfg(test)]
 mod tests {
     use std::net::SocketAddr;
+    use std::sync::atomic::{AtomicBool, Ordering};
 
+    use async_trait::async_trait;
     use axum::body::Body;
     use axum::extract::connect_info::MockConnectInfo;
     use axum::http::Request;
+    use dynamowave_core::ports::StoreError;
     use tower::ServiceExt;
 
     use super::*;
     use crate::app::router;
     use crate::config::ServerConfig;
 
-    /// The router on a fresh store; the caller keeps the directory, the store and the
-    /// shutdown flag's sender.
+    /// A store that commits its probe until it is shut down, as the port asks.
+    #[derive(Default)]
+    struct TestStore {
+        shut_down: AtomicBool,
+    }
+
+    #[async_trait]
+    impl StoreLifecycle for TestStore {
+        async fn probe(&self) -> Result<(), StoreError> {
+            match self.shut_down.load(Ordering::SeqCst) {
+                false => Ok(()),
+                true => Err(StoreError::Closed),
+            }
+        }
+
+        async fn shutdown(&self) {
+            self.shut_down.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// The router on a fresh store; the caller keeps the store and the shutdown flag's sender.
     fn app(
-        dir: &std::path::Path,
         shutting_down: bool,
     ) -> (
         axum::Router,
-        Arc<SqliteStore>,
+        Arc<TestStore>,
         tokio::sync::watch::Sender<bool>,
     ) {
         let (stop, flag) = tokio::sync::watch::channel(shutting_down);
-        let (state, store) = AppState::for_tests(dir, ServerConfig::default(), flag);
+        let store = Arc::new(TestStore::default());
+        let state = AppState::for_tests(ServerConfig::default(), flag, store.clone());
         let peer: SocketAddr = "127.0.0.1:5000".parse().unwrap();
         (router(state).layer(MockConnectInfo(peer)), store, stop)
     }
@@ -148,8 +171,7 @@ mod tests {
 
     #[tokio::test]
     async fn ready_when_the_store_commits() {
-        let dir = tempfile::tempdir().unwrap();
-        let (app, _store, _stop) = app(dir.path(), false);
+        let (app, _store, _stop) = app(false);
         let (status, body) = get(&app, "/readyz").await;
         assert_eq!(status, StatusCode::OK, "{body}");
         assert_eq!(body["status"], "ready");
@@ -158,8 +180,7 @@ mod tests {
 
     #[tokio::test]
     async fn not_ready_once_shutdown_started() {
-        let dir = tempfile::tempdir().unwrap();
-        let (app, _store, stop) = app(dir.path(), false);
+        let (app, _store, stop) = app(false);
         stop.send_replace(true);
         let (status, body) = get(&app, "/readyz").await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
@@ -171,8 +192,7 @@ mod tests {
 
     #[tokio::test]
     async fn not_ready_when_the_store_is_closed() {
-        let dir = tempfile::tempdir().unwrap();
-        let (app, store, _stop) = app(dir.path(), false);
+        let (app, store, _stop) = app(false);
         store.shutdown().await;
         let (status, body) = get(&app, "/readyz").await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);

@@ -14,7 +14,9 @@ use std::time::Instant;
 
 use axum::extract::ws::Utf8Bytes;
 use dynamowave_core::error::close_code;
-use dynamowave_core::ports::{CommitListener, RoomMembership};
+use dynamowave_core::ports::{
+    CommitListener, ConnectionDescription, LocalConnections, PostError, RoomMembership,
+};
 use dynamowave_core::protocol::{
     ChatMessage, ConnectionInfo, Identity, Member, Mode, PresenceEvent, ServerFrame,
 };
@@ -99,6 +101,15 @@ impl ConnectionHandle {
             self.connected_at,
             &self.last_active,
         )
+    }
+
+    /// `GET /@connections/{id}`'s body.
+    pub fn describe(&self) -> ConnectionDescription {
+        ConnectionDescription {
+            info: self.info(),
+            user: self.user.clone(),
+            mode: self.mode,
+        }
     }
 
     /// Queues a posted payload for this connection alone; see [`Outgoing::Posted`].
@@ -284,6 +295,34 @@ impl RoomMembership for Hub {
                 .into()
             });
             m.deliver(Outgoing::Direct(text.clone()));
+        }
+    }
+}
+
+/// The connections of this node, as a peer node's request reaches them (and the management
+/// API of this node, through the same handles).
+impl LocalConnections for Hub {
+    fn post(&self, id: &ConnectionId, text: String) -> Result<(), PostError> {
+        let handle = self.connection(id).ok_or(PostError::Gone)?;
+        handle.post(Utf8Bytes::from(text)).map_err(|e| match e {
+            SendError::Full => PostError::Full,
+            SendError::Gone => PostError::Gone,
+        })
+    }
+
+    fn describe(&self, id: &ConnectionId) -> Option<ConnectionDescription> {
+        self.connection(id).map(|h| h.describe())
+    }
+
+    /// Asks the connection to close; `true` when it is here, even if a close was already
+    /// requested (the first request's code wins).
+    fn close(&self, id: &ConnectionId, code: u16, reason: &str) -> bool {
+        match self.connection(id) {
+            Some(h) => {
+                h.close(code, reason);
+                true
+            }
+            None => false,
         }
     }
 }

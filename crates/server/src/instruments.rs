@@ -1,5 +1,6 @@
-//! The server's own metric handles (issue 7), registered once and shared by the gateway, the
-//! hub and the SQLite writer. `GET /metrics` renders them (`crate::telemetry`).
+//! The server's own metric handles (issue 7), registered once and shared by the gateway and the
+//! hub, and the descriptions of every metric, the store's included. `GET /metrics` renders them
+//! (`crate::telemetry`).
 //!
 //! Hot paths only touch pre-registered handles (no registry lookup per frame), and the fan-out
 //! loop touches none at all:
@@ -13,7 +14,9 @@
 //! - `dynamowave_outbound_queue_depth` is not updated on the fan-out path at all: it is summed
 //!   over the hub's connections (each queue's length, from its semaphore) when `/metrics` is
 //!   scraped, so it is a sample at scrape time.
-//! - The store histograms and `messages_received/acked` are recorded once per writer batch.
+//! - The store histograms and `messages_received/acked` are recorded by the store itself, once
+//!   per writer batch (`dynamowave-store-sqlite`, into the same process-wide recorder); they
+//!   are only described here.
 
 use std::sync::OnceLock;
 use std::time::Instant;
@@ -28,12 +31,8 @@ pub struct Instruments {
     connects: [Counter; 2],
     disconnects: [Counter; 2],
     frames_received: [Counter; 2],
-    pub messages_received: Counter,
-    pub messages_acked: Counter,
     pub messages_delivered: Counter,
     pub delivery_latency: Histogram,
-    pub store_commit: Histogram,
-    pub store_batch_size: Histogram,
     pub outbound_queue_depth: Gauge,
     pub slow_consumer_closes: Counter,
 }
@@ -121,12 +120,8 @@ impl Instruments {
             connects: by_mode("dynamowave_connects_total"),
             disconnects: by_mode("dynamowave_disconnects_total"),
             frames_received: by_mode("dynamowave_frames_received_total"),
-            messages_received: metrics::counter!("dynamowave_messages_received_total"),
-            messages_acked: metrics::counter!("dynamowave_messages_acked_total"),
             messages_delivered: metrics::counter!("dynamowave_messages_delivered_total"),
             delivery_latency: metrics::histogram!("dynamowave_delivery_latency_seconds"),
-            store_commit: metrics::histogram!("dynamowave_store_commit_seconds"),
-            store_batch_size: metrics::histogram!("dynamowave_store_batch_size"),
             outbound_queue_depth: metrics::gauge!("dynamowave_outbound_queue_depth"),
             slow_consumer_closes: metrics::counter!("dynamowave_slow_consumer_closes_total"),
         }

@@ -624,7 +624,8 @@ async fn bad_keys_stop_the_server_at_start() {
             ..jwt_config(auth)
         };
         async move {
-            match dynamowave_server::Server::open(config).await {
+            let backend = common::backend(&config);
+            match dynamowave_server::Server::open(config, backend).await {
                 Ok(_) => panic!("the server started"),
                 Err(e) => e.to_string(),
             }

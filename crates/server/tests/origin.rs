@@ -163,7 +163,8 @@ async fn a_bad_allowed_origin_stops_the_start() {
         },
         ..ServerConfig::unthrottled()
     };
-    let error = match dynamowave_server::Server::open(config).await {
+    let backend = common::backend(&config);
+    let error = match dynamowave_server::Server::open(config, backend).await {
         Ok(_) => panic!("the server started"),
         Err(e) => e.to_string(),
     };

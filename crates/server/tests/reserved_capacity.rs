@@ -20,7 +20,7 @@ use dynamowave_core::{ConnectionId, RoomId, UserName};
 use dynamowave_server::ServerConfig;
 use dynamowave_server::config::LimitsConfig;
 use dynamowave_server::hub::Hub;
-use dynamowave_server::store::sqlite::SqliteStore;
+use dynamowave_store_sqlite::SqliteStore;
 
 const NEW_CLIENTS: usize = 20;
 const FLOODERS: usize = 16;

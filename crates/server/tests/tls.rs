@@ -260,7 +260,8 @@ fn serve_on(
         ..config
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(dynamowave_server::run(listener, config, async {
+    let backend = common::backend(&config);
+    tokio::spawn(dynamowave_server::run(listener, config, backend, async {
         let _ = stopped.await;
     }));
     stop
@@ -391,7 +392,10 @@ async fn certificate_reload_swaps_it_for_new_handshakes_only() {
         data_dir: data.path().to_owned(),
         ..tls_server(ServerConfig::unthrottled(), &first, false)
     };
-    let server = dynamowave_server::Server::open(config).await.unwrap();
+    let backend = common::backend(&config);
+    let server = dynamowave_server::Server::open(config, backend)
+        .await
+        .unwrap();
     let tls = server.tls().expect("TLS is on");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -485,7 +489,8 @@ async fn a_bad_certificate_stops_the_start() {
             },
             ..ServerConfig::unthrottled()
         };
-        let err = dynamowave_server::Server::open(config)
+        let backend = common::backend(&config);
+        let err = dynamowave_server::Server::open(config, backend)
             .await
             .err()
             .expect("the server does not start");

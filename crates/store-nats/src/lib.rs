@@ -27,8 +27,8 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, kv, stream};
 use async_trait::async_trait;
-use dynamowave_core::ports::{Backend, Fanout, OpenError, StoreLifecycle, Stores};
 pub use dynamowave_core::ports::StoreError;
+use dynamowave_core::ports::{Backend, Fanout, OpenError, StoreLifecycle, Stores};
 use dynamowave_core::types::random_token;
 
 use crate::dead_letters::KvDeadLetters;
@@ -177,7 +177,39 @@ async fn connect(c: &NatsConfig) -> Result<async_nats::Client, NatsOpenError> {
                 }
             }
         });
-    options.connect(c.url.as_str()).await.map_err(|e| fail(&e))
+    // A comma-separated list is several servers of one NATS cluster (async-nats takes a list,
+    // not one string with commas).
+    let servers = c
+        .url
+        .split(',')
+        .map(|u| u.trim().parse::<async_nats::ServerAddr>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| fail(&e))?;
+    options.connect(servers).await.map_err(|e| fail(&e))
+}
+
+/// How long a starting node waits for JetStream to answer. A NATS cluster that has just started
+/// answers only once it has elected its meta leader (seconds); a server without JetStream never.
+const JETSTREAM_WAIT: Duration = Duration::from_secs(20);
+
+/// Waits until JetStream answers an account-info request, for at most [`JETSTREAM_WAIT`]; the
+/// last error when it never does.
+async fn wait_for_jetstream(js: &jetstream::Context) -> Result<(), impl std::fmt::Display> {
+    let deadline = tokio::time::Instant::now() + JETSTREAM_WAIT;
+    let mut said = false;
+    loop {
+        match js.query_account().await {
+            Ok(_) => return Ok(()),
+            Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
+            Err(e) => {
+                if !said {
+                    tracing::info!(error = %e, "JetStream does not answer yet (a new NATS cluster elects its leader first); waiting");
+                    said = true;
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    }
 }
 
 #[async_trait]
@@ -185,8 +217,7 @@ impl Backend for NatsBackend {
     async fn open(self: Box<Self>, fanout: Fanout) -> Result<Stores, OpenError> {
         let c = self.config;
         let valid_id = (1..=64).contains(&c.node_id.len())
-            && c
-                .node_id
+            && c.node_id
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
         if !valid_id {
@@ -202,6 +233,9 @@ impl Backend for NatsBackend {
             error: e.to_string(),
         };
 
+        wait_for_jetstream(&js)
+            .await
+            .map_err(|e| unsupported("reaching JetStream ($JS.API.INFO)", &e))?;
         let stream_config = stream::Config {
             name: names.messages_stream(),
             description: Some("DynamoWave room logs: dw.msg.<room>.<seq>".into()),
@@ -230,7 +264,8 @@ impl Backend for NatsBackend {
         let ids = js
             .create_or_update_key_value(kv::Config {
                 bucket: names.ids_bucket(),
-                description: "DynamoWave message ids (room.user.id -> seq), for idempotent retries".into(),
+                description: "DynamoWave message ids (room.user.id -> seq), for idempotent retries"
+                    .into(),
                 history: 1,
                 max_age: c.id_ttl,
                 num_replicas: c.replicas,
@@ -264,7 +299,13 @@ impl Backend for NatsBackend {
             .await
             .map_err(|e| unsupported("creating the dead-letter bucket", &e))?;
 
-        let log = Arc::new(JetStreamLog::new(js.clone(), stream.clone(), ids, names.clone()));
+        let log = Arc::new(JetStreamLog::new(
+            client.clone(),
+            js.clone(),
+            stream.clone(),
+            ids,
+            names.clone(),
+        ));
         let presence = Arc::new(Presence::new(
             js.clone(),
             connections,
@@ -323,6 +364,7 @@ struct Lifecycle {
 #[async_trait]
 impl StoreLifecycle for Lifecycle {
     async fn probe(&self) -> Result<(), StoreError> {
+        log::connected(&self.client)?;
         self.js
             .publish(self.probe_subject.clone(), now_ms_string().into())
             .await

@@ -69,6 +69,7 @@ enum Entry {
 }
 
 pub struct JetStreamLog {
+    client: async_nats::Client,
     js: jetstream::Context,
     stream: Stream,
     ids: kv::Store,
@@ -89,8 +90,15 @@ fn number(headers: &HeaderMap, name: &str) -> Option<u64> {
 }
 
 impl JetStreamLog {
-    pub fn new(js: jetstream::Context, stream: Stream, ids: kv::Store, names: Names) -> Self {
+    pub fn new(
+        client: async_nats::Client,
+        js: jetstream::Context,
+        stream: Stream,
+        ids: kv::Store,
+        names: Names,
+    ) -> Self {
         JetStreamLog {
+            client,
             js,
             stream,
             ids,
@@ -105,11 +113,13 @@ impl JetStreamLog {
         self.closed.store(true, Ordering::Release);
     }
 
+    /// Fails at once while NATS is unreachable: `unavailable` now beats a publish buffered
+    /// until the connection is back and a client left waiting for the timeout.
     fn check_open(&self) -> Result<(), StoreError> {
-        match self.closed.load(Ordering::Acquire) {
-            true => Err(StoreError::Closed),
-            false => Ok(()),
+        if self.closed.load(Ordering::Acquire) {
+            return Err(StoreError::Closed);
         }
+        connected(&self.client)
     }
 
     /// Parses a stored entry of `room` at `seq`.
@@ -134,7 +144,9 @@ impl JetStreamLog {
         let message = Arc::new(ChatMessage {
             room: room.clone(),
             seq,
-            id: header(h, names::ID).ok_or_else(|| corrupt("id"))?.to_owned(),
+            id: header(h, names::ID)
+                .ok_or_else(|| corrupt("id"))?
+                .to_owned(),
             user,
             data: String::from_utf8(payload.to_vec()).map_err(|_| corrupt("UTF-8 body"))?,
             ts: number(h, names::TS).ok_or_else(|| corrupt("timestamp"))?,
@@ -304,10 +316,7 @@ impl MessageLog for JetStreamLog {
             let seq = head.next();
             let mut headers = HeaderMap::new();
             headers.insert(async_nats::header::NATS_MESSAGE_ID, key.as_str());
-            headers.insert(
-                async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
-                "0",
-            );
+            headers.insert(async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, "0");
             headers.insert(names::USER, m.user.as_str());
             headers.insert(names::ID, m.id.as_str());
             headers.insert(names::TS, ts.to_string().as_str());
@@ -371,10 +380,7 @@ impl MessageLog for JetStreamLog {
                 return Ok(head);
             }
             let mut headers = HeaderMap::new();
-            headers.insert(
-                async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
-                "0",
-            );
+            headers.insert(async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, "0");
             headers.insert(
                 "Nats-Expected-Last-Subject-Sequence-Subject",
                 self.names.room_messages(room).as_str(),
@@ -470,6 +476,16 @@ impl MessageLog for JetStreamLog {
                 Err(e) => return Err(backend("deleting a message", e)),
             }
         }
+    }
+}
+
+/// `Ok` while the client is connected to NATS.
+pub fn connected(client: &async_nats::Client) -> Result<(), StoreError> {
+    match client.connection_state() {
+        async_nats::connection::State::Connected => Ok(()),
+        state => Err(StoreError::Backend(format!(
+            "NATS is not connected ({state})"
+        ))),
     }
 }
 

@@ -21,9 +21,18 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 #[derive(Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 enum Request {
-    Post { id: ConnectionId, text: String },
-    Describe { id: ConnectionId },
-    Close { id: ConnectionId, code: u16, reason: String },
+    Post {
+        id: ConnectionId,
+        text: String,
+    },
+    Describe {
+        id: ConnectionId,
+    },
+    Close {
+        id: ConnectionId,
+        code: u16,
+        reason: String,
+    },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -106,10 +115,12 @@ impl PeerConnections for Peers {
         &self,
         id: &ConnectionId,
     ) -> Result<Option<ConnectionDescription>, StoreError> {
-        Ok(match self.ask(id, Request::Describe { id: id.clone() }).await? {
-            Some(Reply::Described(d)) => d,
-            _ => None,
-        })
+        Ok(
+            match self.ask(id, Request::Describe { id: id.clone() }).await? {
+                Some(Reply::Described(d)) => d,
+                _ => None,
+            },
+        )
     }
 
     async fn close(&self, id: &ConnectionId, code: u16, reason: &str) -> Result<bool, StoreError> {
@@ -118,7 +129,10 @@ impl PeerConnections for Peers {
             code,
             reason: reason.to_owned(),
         };
-        Ok(matches!(self.ask(id, request).await?, Some(Reply::Closed(true))))
+        Ok(matches!(
+            self.ask(id, request).await?,
+            Some(Reply::Closed(true))
+        ))
     }
 }
 

@@ -247,8 +247,11 @@ impl Presence {
         let rows: Vec<_> = lock(&self.own).connections.values().cloned().collect();
         self.heartbeat().await?;
         for (record, rooms) in rows {
-            self.put(&Key::connection(&self.node, &record.id), &Row::from(&record))
-                .await?;
+            self.put(
+                &Key::connection(&self.node, &record.id),
+                &Row::from(&record),
+            )
+            .await?;
             for room in rooms {
                 let value = MemberValue {
                     user: record.user.clone(),
@@ -283,7 +286,9 @@ impl Presence {
                     return None;
                 };
                 let members = view.rooms.entry(room.clone()).or_default();
-                let new = members.insert(id.clone(), (node.clone(), user.clone())).is_none();
+                let new = members
+                    .insert(id.clone(), (node.clone(), user.clone()))
+                    .is_none();
                 drop(view);
                 if new && node != self.node {
                     self.local
@@ -372,10 +377,8 @@ impl Presence {
                             .connections
                             .values()
                             .chain(view.rooms.values().flat_map(|m| m.values().map(|(n, _)| n)));
-                        let mut dead: Vec<String> = known
-                            .filter(|n| !this.alive(&view, n))
-                            .cloned()
-                            .collect();
+                        let mut dead: Vec<String> =
+                            known.filter(|n| !this.alive(&view, n)).cloned().collect();
                         dead.sort();
                         dead.dedup();
                         dead
@@ -411,7 +414,9 @@ impl Presence {
                             if gone == this.node {
                                 // Cut off for longer than the TTL: the others think this node
                                 // is dead. Write its rows again.
-                                tracing::warn!("this node's key expired; writing its connections again");
+                                tracing::warn!(
+                                    "this node's key expired; writing its connections again"
+                                );
                                 if let Err(e) = this.reassert().await {
                                     tracing::warn!(error = %e, "could not write this node's connections again");
                                 }

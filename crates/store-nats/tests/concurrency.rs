@@ -75,11 +75,17 @@ async fn two_nodes_hammering_one_room_get_every_seq_once() {
     let b = node(NatsConfig::new(nats.url()), lb.clone()).await;
     const PER_WRITER: usize = 60;
     let mut tasks = JoinSet::new();
-    for (n, log) in [a.clone(), b.clone(), a.clone(), b.clone()].into_iter().enumerate() {
+    for (n, log) in [a.clone(), b.clone(), a.clone(), b.clone()]
+        .into_iter()
+        .enumerate()
+    {
         tasks.spawn(async move {
             let mut seqs = Vec::new();
             for i in 0..PER_WRITER {
-                let appended = log.append(msg(&format!("w{n}"), &i.to_string())).await.unwrap();
+                let appended = log
+                    .append(msg(&format!("w{n}"), &i.to_string()))
+                    .await
+                    .unwrap();
                 assert!(!appended.duplicate);
                 seqs.push(appended.message.seq.0);
             }
@@ -103,7 +109,13 @@ async fn two_nodes_hammering_one_room_get_every_seq_once() {
     let room = RoomId::parse("hot.room").unwrap();
     assert_eq!(b.head(&room).await.unwrap(), Some(Seq(total)));
     let page = a
-        .read(&room, HistoryQuery::After { seq: Seq(0), limit: 1000 })
+        .read(
+            &room,
+            HistoryQuery::After {
+                seq: Seq(0),
+                limit: 1000,
+            },
+        )
         .await
         .unwrap();
     assert_eq!(page.messages.len() as u64, total);

@@ -46,7 +46,10 @@ async fn open(url: &str, listener: Arc<dyn CommitListener>) -> Stores {
         rooms: hub.clone(),
         local: hub,
     };
-    Box::new(NatsBackend::new(config)).open(fanout).await.unwrap()
+    Box::new(NatsBackend::new(config))
+        .open(fanout)
+        .await
+        .unwrap()
 }
 
 struct Discard;

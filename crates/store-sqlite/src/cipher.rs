@@ -27,9 +27,8 @@ use base64::Engine as _;
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use ring::rand::{SecureRandom, SystemRandom};
 
-use crate::app::ServerError;
-use crate::config::{ConfigError, EncryptionConfig};
-use crate::store::sqlite::SqliteStore;
+use crate::backend::StartError;
+use crate::sqlite::SqliteStore;
 
 /// Bytes of a key.
 pub const KEY_LEN: usize = 32;
@@ -80,21 +79,24 @@ pub enum KeyError {
 }
 
 impl Keyring {
-    /// The keys of `[encryption]` (files first, then inline keys). `None` when none is set:
-    /// the store then writes plaintext.
-    pub fn from_config(config: &EncryptionConfig) -> Result<Option<Keyring>, KeyError> {
+    /// The keys of `[encryption]`: those in `key_files` first, then the `inline` ones (base64).
+    /// `None` when none is set: the store then writes plaintext.
+    pub fn from_sources(
+        key_files: &[PathBuf],
+        inline: &[String],
+    ) -> Result<Option<Keyring>, KeyError> {
         let mut keys = Vec::new();
-        for path in &config.key_files {
+        for path in key_files {
             keys.push(read_key_file(path)?);
         }
-        let inline = config.keys.len();
-        for (i, text) in config.keys.iter().enumerate() {
+        let count = inline.len();
+        for (i, text) in inline.iter().enumerate() {
             const INLINE: &str =
                 "given inline (--encryption-key, DYNAMOWAVE_ENCRYPTION_KEY or encryption.keys)";
-            let what = if inline == 1 {
+            let what = if count == 1 {
                 INLINE.to_owned()
             } else {
-                format!("number {} of {inline} {INLINE}", i + 1)
+                format!("number {} of {count} {INLINE}", i + 1)
             };
             keys.push(decode_key(text, &what)?);
         }
@@ -194,11 +196,14 @@ impl Keyring {
     }
 }
 
-/// The keyring of `[encryption]` for a starting server, said once in its log: a warning when
-/// there is none (the store is unencrypted), the key ids when there is. Bad key input stops
-/// the start with a message that says what to fix.
-pub fn keyring_at_start(config: &EncryptionConfig) -> Result<Option<Arc<Keyring>>, ServerError> {
-    let keys = Keyring::from_config(config).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+/// The keyring of `[encryption]` ([`Keyring::from_sources`]) for a starting server, said once
+/// in its log: a warning when there is none (the store is unencrypted), the key ids when there
+/// is. Bad key input stops the start with a message that says what to fix.
+pub fn keyring_at_start(
+    key_files: &[PathBuf],
+    inline: &[String],
+) -> Result<Option<Arc<Keyring>>, StartError> {
+    let keys = Keyring::from_sources(key_files, inline).map_err(StartError::Keys)?;
     match &keys {
         None => tracing::warn!(
             "encryption at rest is off: the store keeps message bodies and dead-letter payloads in plaintext; \
@@ -218,8 +223,8 @@ pub fn keyring_at_start(config: &EncryptionConfig) -> Result<Option<Arc<Keyring>
 /// (a key removed before `dynamowave rekey` finished, the wrong key file, or a backup restored
 /// from before a rotation): those rows could not be read, and serving would turn every history
 /// page that holds one into an error. Each such key id is logged with its row counts.
-pub async fn refuse_unknown_keys(store: &SqliteStore, data_dir: &Path) -> Result<(), ServerError> {
-    let unknown = store.unknown_keys().await?;
+pub async fn refuse_unknown_keys(store: &SqliteStore, data_dir: &Path) -> Result<(), StartError> {
+    let unknown = store.unknown_keys().await.map_err(StartError::Store)?;
     if unknown.is_empty() {
         return Ok(());
     }
@@ -236,15 +241,14 @@ pub async fn refuse_unknown_keys(store: &SqliteStore, data_dir: &Path) -> Result
             u.key_id, u.messages, u.dead_letters
         ));
     }
-    Err(ConfigError::Invalid(format!(
+    Err(StartError::UnknownKeys(format!(
         "the store in {} holds rows encrypted under keys that are not configured: {}. \
          Refusing to start, since they could not be read: configure those keys as well \
          (--encryption-key-file FILE, encryption.key-files, or DYNAMOWAVE_ENCRYPTION_KEY; the key for new rows last), \
          and remove an old key only after `dynamowave rekey` has moved every row off it",
         data_dir.display(),
         listed.join(", ")
-    ))
-    .into())
+    )))
 }
 
 /// The id of a key: the first 8 bytes of SHA-256("dynamowave key id v1" ‖ key), hex. It tells
@@ -531,17 +535,9 @@ mod tests {
         assert!(e.to_string().contains("exactly 32 bytes"), "{e}");
         let e = decode_key("", "k").unwrap_err();
         assert!(matches!(e, KeyError::WrongLength(_, 0)), "{e}");
-        let e = Keyring::from_config(&EncryptionConfig {
-            key_files: vec!["/nonexistent/dw.key".into()],
-            keys: vec![],
-        })
-        .unwrap_err();
+        let e = Keyring::from_sources(&["/nonexistent/dw.key".into()], &[]).unwrap_err();
         assert!(e.to_string().contains("/nonexistent/dw.key"), "{e}");
-        assert!(
-            Keyring::from_config(&EncryptionConfig::default())
-                .unwrap()
-                .is_none()
-        );
+        assert!(Keyring::from_sources(&[], &[]).unwrap().is_none());
     }
 
     #[test]

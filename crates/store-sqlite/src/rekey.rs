@@ -26,9 +26,9 @@ use std::time::{Duration, Instant};
 use ring::rand::{SecureRandom, SystemRandom};
 use rusqlite::{Connection, TransactionBehavior, params};
 
-use super::cipher::{self, Keyring, Row};
-use super::snapshot::STORE_FILE;
-use super::sqlite::{UnknownKey, open_writer, unknown_key_rows};
+use crate::cipher::{self, Keyring, Row};
+use crate::snapshot::STORE_FILE;
+use crate::sqlite::{UnknownKey, open_writer, unknown_key_rows};
 
 /// The name [`RekeyReport`] uses for rows that were stored in plaintext.
 pub const PLAINTEXT: &str = "plaintext";

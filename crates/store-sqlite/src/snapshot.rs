@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use dynamowave_core::types::{now_ms, rfc3339_ms};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
-/// The store's file inside a data directory (the name [`super::sqlite::SqliteStore`] opens).
+/// The store's file inside a data directory (the name [`crate::SqliteStore`] opens).
 pub const STORE_FILE: &str = "dynamowave.sqlite3";
 
 /// What [`backup`] wrote.
@@ -520,7 +520,7 @@ mod tests {
     use dynamowave_core::{RoomId, UserName};
 
     use super::*;
-    use crate::store::sqlite::SqliteStore;
+    use crate::sqlite::SqliteStore;
 
     /// A data directory made by the real store, then filled by hand so timestamps are chosen:
     /// room `a` (created at 1000) with seqs 1..=3 stamped 1000, 2000, 3000, seq 2 deleted at

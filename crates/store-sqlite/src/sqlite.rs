@@ -17,8 +17,9 @@ use std::thread;
 
 use async_trait::async_trait;
 use dynamowave_core::ports::{
-    Appended, CommitListener, ConnectionRecord, ConnectionStore, Deletion, MessageLog, NewMessage,
-    StoreError,
+    Appended, Claim, CommitListener, ConnectionRecord, ConnectionStore, DeadLetter, DeadLetterKind,
+    DeadLetters, Deletion, MessageLog, NewDeadLetter, NewMessage, Purge, StoreError,
+    StoreLifecycle,
 };
 use dynamowave_core::protocol::{ChatMessage, HistoryQuery, Mode, Page};
 use dynamowave_core::types::now_ms;
@@ -28,8 +29,7 @@ use rusqlite::{
 };
 use tokio::sync::{mpsc, oneshot};
 
-use crate::dlq::{Claim, DeadLetter, DeadLetterKind, NewDeadLetter, Purge};
-use crate::store::cipher::{self, Keyring, Row};
+use crate::cipher::{self, Keyring, Row};
 
 /// Most commands applied in one transaction.
 pub const MAX_BATCH: usize = 1024;
@@ -56,7 +56,7 @@ CREATE TABLE IF NOT EXISTS messages (
     -- Set by DELETE /rooms/{room}/messages/{seq}: the row stays as a tombstone, so a
     -- point-in-time restore to before the deletion brings the message back.
     deleted_at INTEGER,
-    -- The key `data` is encrypted under (store/cipher.rs); NULL: `data` is plaintext.
+    -- The key `data` is encrypted under (cipher.rs); NULL: `data` is plaintext.
     key_id TEXT,
     PRIMARY KEY (room, seq)
 );
@@ -87,7 +87,7 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     last_error  TEXT,
     replayed_at INTEGER,
     replayed_to TEXT,
-    -- The key `payload` is encrypted under (store/cipher.rs); NULL: `payload` is plaintext.
+    -- The key `payload` is encrypted under (cipher.rs); NULL: `payload` is plaintext.
     key_id TEXT
 );
 ";
@@ -110,7 +110,7 @@ enum Command {
     /// Undoes a claim whose delivery failed, counting the attempt.
     ReleaseDeadLetter(u64, String, Reply<()>),
     PurgeDeadLetters(Purge, Reply<u64>),
-    /// Readiness (`GET /readyz`): rewrites the header page in a `BEGIN IMMEDIATE` transaction
+    /// Readiness (the server's `GET /readyz`): rewrites the header page in a `BEGIN IMMEDIATE` transaction
     /// and commits, so a full disk, a read-only file or a stuck writer shows up.
     Probe(Reply<()>),
     /// Apply everything queued before it, then stop the writer.
@@ -137,7 +137,8 @@ impl Command {
     }
 }
 
-/// The SQLite adapter of [`MessageLog`] and [`ConnectionStore`].
+/// The SQLite adapter of [`MessageLog`], [`ConnectionStore`], [`DeadLetters`] and
+/// [`StoreLifecycle`].
 pub struct SqliteStore {
     writer: mpsc::Sender<Command>,
     /// The writer's priority lane, drained before `writer` on every batch.
@@ -147,7 +148,7 @@ pub struct SqliteStore {
     /// members request) rarely needs a read. The writer updates it after each commit.
     heads: Arc<RwLock<HashMap<RoomId, u64>>>,
     writer_thread: Mutex<Option<thread::JoinHandle<()>>>,
-    /// Encryption at rest (store/cipher.rs): message bodies and dead-letter payloads are
+    /// Encryption at rest (cipher.rs): message bodies and dead-letter payloads are
     /// sealed on the writer thread and opened on the reader threads. `None`: plaintext.
     keys: Option<Arc<Keyring>>,
     // Held for the store's life: the OS lock on `LOCK` keeps other processes out.
@@ -229,12 +230,6 @@ impl SqliteStore {
         if let Some(handle) = handle {
             let _ = tokio::task::spawn_blocking(move || handle.join()).await;
         }
-    }
-
-    /// A write through the writer (see `Command::Probe`), for readiness: `Ok` once committed.
-    /// Goes through the priority lane, so a message backlog does not make the server unready.
-    pub async fn probe(&self) -> Result<(), StoreError> {
-        self.call(Command::Probe).await
     }
 
     async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, StoreError> {
@@ -437,15 +432,16 @@ impl Writer {
         let mut committed: Vec<Arc<ChatMessage>> = Vec::new();
         let mut touched: HashMap<RoomId, u64> = HashMap::new();
         let mut stop = None;
-        // Metrics, once per batch: its size, its appends, BEGIN..COMMIT (fsync included).
-        let metrics = crate::instruments::instruments();
+        // Metrics, once per batch: its size, its appends, BEGIN..COMMIT (fsync included). Looked
+        // up in the process's recorder per batch (a few map lookups next to an fsync), so a
+        // recorder installed after the store opened still gets them.
         let started = std::time::Instant::now();
-        metrics.store_batch_size.record(batch.len() as f64);
+        metrics::histogram!("dynamowave_store_batch_size").record(batch.len() as f64);
         let appends = batch
             .iter()
             .filter(|c| matches!(c, Command::Append(..)))
             .count();
-        metrics.messages_received.increment(appends as u64);
+        metrics::counter!("dynamowave_messages_received_total").increment(appends as u64);
 
         let tx = match self
             .conn
@@ -601,10 +597,11 @@ impl Writer {
         }
 
         let outcome = save_heads(&tx, &touched, ts).and_then(|()| tx.commit());
-        metrics.store_commit.record(started.elapsed());
+        metrics::histogram!("dynamowave_store_commit_seconds").record(started.elapsed());
         match outcome {
             Ok(()) => {
-                metrics.messages_acked.increment(committed.len() as u64);
+                metrics::counter!("dynamowave_messages_acked_total")
+                    .increment(committed.len() as u64);
                 // Heads, then the fan-out, then the callers: once `append` returns, `head`
                 // shows the message and it is queued to every member (the port's contract).
                 let mut heads = self
@@ -742,7 +739,7 @@ fn append(
         });
     }
     let seq = head(tx, heads, &m.room).map_err(backend)?.unwrap_or(0) + 1;
-    // Encrypted: one buffer, nonce ‖ ciphertext ‖ tag, bound to the row (store/cipher.rs).
+    // Encrypted: one buffer, nonce ‖ ciphertext ‖ tag, bound to the row (cipher.rs).
     let sealed = match keys {
         Some(k) => {
             let row = Row::Message {
@@ -838,11 +835,7 @@ fn add_dead_letter(
 ) -> rusqlite::Result<u64> {
     // Encrypted, the payload is bound to the row's id, known after the insert: the row goes
     // in with an empty payload and gets its ciphertext in the same transaction.
-    let payload = if keys.is_some() {
-        ""
-    } else {
-        e.payload.as_str()
-    };
+    let payload = if keys.is_some() { "" } else { &*e.payload };
     tx.prepare_cached(
         "INSERT INTO dead_letters (created_at, kind, target, user, reason, payload)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -1069,27 +1062,25 @@ impl MessageLog for SqliteStore {
     }
 }
 
-/// The dead-letter table; [`crate::dlq::DeadLetters`] is its user.
-impl SqliteStore {
-    pub async fn add_dead_letter(&self, entry: NewDeadLetter) -> Result<u64, StoreError> {
+/// The dead-letter table (the server's dead-letter queue keeps what it could not deliver here).
+#[async_trait]
+impl DeadLetters for SqliteStore {
+    async fn add(&self, entry: NewDeadLetter) -> Result<u64, StoreError> {
         self.call(|r| Command::AddDeadLetter(entry, r)).await
     }
 
-    pub async fn claim_dead_letter(&self, id: u64, to: String) -> Result<Claim, StoreError> {
-        self.call(|r| Command::ClaimDeadLetter(id, to, r)).await
-    }
-
-    pub async fn release_dead_letter(&self, id: u64, error: String) -> Result<(), StoreError> {
-        self.call(|r| Command::ReleaseDeadLetter(id, error, r))
-            .await
-    }
-
-    pub async fn purge_dead_letters(&self, which: Purge) -> Result<u64, StoreError> {
-        self.call(|r| Command::PurgeDeadLetters(which, r)).await
+    async fn get(&self, id: u64) -> Result<Option<DeadLetter>, StoreError> {
+        let keys = self.keys.clone();
+        self.read(move |c| {
+            c.prepare_cached(&format!("{DEAD_LETTER_COLS} WHERE id = ?1"))?
+                .query_row([id as i64], |r| dead_letter_row(r, keys.as_deref()))
+                .optional()
+        })
+        .await
     }
 
     /// Entries with id > `after`, oldest first; `pending_only` skips replayed ones.
-    pub async fn dead_letters(
+    async fn list(
         &self,
         after: u64,
         limit: usize,
@@ -1115,24 +1106,41 @@ impl SqliteStore {
         .await
     }
 
-    pub async fn dead_letter(&self, id: u64) -> Result<Option<DeadLetter>, StoreError> {
-        let keys = self.keys.clone();
-        self.read(move |c| {
-            c.prepare_cached(&format!("{DEAD_LETTER_COLS} WHERE id = ?1"))?
-                .query_row([id as i64], |r| dead_letter_row(r, keys.as_deref()))
-                .optional()
-        })
-        .await
-    }
-
     /// Entries not replayed yet: the DLQ's depth.
-    pub async fn dead_letter_depth(&self) -> Result<u64, StoreError> {
+    async fn depth(&self) -> Result<u64, StoreError> {
         self.read(|c| {
             c.prepare_cached("SELECT COUNT(*) FROM dead_letters WHERE replayed_at IS NULL")?
                 .query_row([], |r| r.get::<_, i64>(0))
                 .map(|n| n as u64)
         })
         .await
+    }
+
+    async fn claim(&self, id: u64, to: String) -> Result<Claim, StoreError> {
+        self.call(|r| Command::ClaimDeadLetter(id, to, r)).await
+    }
+
+    async fn release(&self, id: u64, error: String) -> Result<(), StoreError> {
+        self.call(|r| Command::ReleaseDeadLetter(id, error, r))
+            .await
+    }
+
+    async fn purge(&self, which: Purge) -> Result<u64, StoreError> {
+        self.call(|r| Command::PurgeDeadLetters(which, r)).await
+    }
+}
+
+/// Readiness and graceful shutdown, as the server sees them.
+#[async_trait]
+impl StoreLifecycle for SqliteStore {
+    /// A write through the writer (see `Command::Probe`), for readiness: `Ok` once committed.
+    /// Goes through the priority lane, so a message backlog does not make the server unready.
+    async fn probe(&self) -> Result<(), StoreError> {
+        self.call(Command::Probe).await
+    }
+
+    async fn shutdown(&self) {
+        SqliteStore::shutdown(self).await;
     }
 }
 
@@ -1144,7 +1152,7 @@ pub struct UnknownKey {
     pub dead_letters: u64,
 }
 
-/// Encryption at rest (store/cipher.rs).
+/// Encryption at rest (cipher.rs).
 impl SqliteStore {
     /// The key ids rows are encrypted under that no configured key matches (all of them when
     /// no key is configured), with how many rows each: those rows cannot be read. Cheap: the

@@ -1,9 +1,10 @@
-//! Encryption at rest in the SQLite store (store/cipher.rs, store/rekey.rs):
+//! Encryption at rest in the SQLite store (src/cipher.rs, src/rekey.rs):
 //! - the conformance suite passes with encryption on;
 //! - rows hold ciphertext and their key id, and neither the database file nor its WAL holds a
 //!   byte of plaintext; a restarted store with the same key reads everything;
 //! - a row under a key that is not configured, or one moved or altered, reads as `unavailable`
-//!   with the row named, never as garbage, and `Server::open` refuses such a store;
+//!   with the row named, never as garbage, and the backend refuses to open such a store (the
+//!   server's own test is `crates/server/tests/encryption.rs`);
 //! - plaintext rows from before encryption stay readable, and `rekey` moves every row to the
 //!   newest key, also while the store is open and writing;
 //! - backup and restore carry an encrypted store as it is.
@@ -12,17 +13,17 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use axum::extract::ws::Utf8Bytes;
 use dynamowave_core::conformance;
-use dynamowave_core::ports::{MessageLog, NewMessage, NoListener, StoreError};
+use dynamowave_core::ports::{
+    DeadLetterKind, DeadLetters, MessageLog, NewDeadLetter, NewMessage, NoListener, StoreError,
+};
 use dynamowave_core::protocol::HistoryQuery;
 use dynamowave_core::{RoomId, UserName};
-use dynamowave_server::ServerConfig;
-use dynamowave_server::dlq::{DeadLetterKind, NewDeadLetter};
-use dynamowave_server::store::cipher::{self, Keyring};
-use dynamowave_server::store::rekey::{self, PLAINTEXT, RekeyOptions};
-use dynamowave_server::store::snapshot::{self, STORE_FILE};
-use dynamowave_server::store::sqlite::{SqliteStore, UnknownKey};
+use dynamowave_store_sqlite::SqliteBackend;
+use dynamowave_store_sqlite::cipher::{self, Keyring};
+use dynamowave_store_sqlite::rekey::{self, PLAINTEXT, RekeyOptions};
+use dynamowave_store_sqlite::snapshot::{self, STORE_FILE};
+use dynamowave_store_sqlite::sqlite::{SqliteStore, UnknownKey};
 
 const KEY_A: [u8; 32] = [0xa1; 32];
 const KEY_B: [u8; 32] = [0xb2; 32];
@@ -60,12 +61,12 @@ async fn write(store: &SqliteStore, room: &str, range: std::ops::Range<usize>) {
 
 async fn dead_letter(store: &SqliteStore, payload: &str) -> u64 {
     store
-        .add_dead_letter(NewDeadLetter {
+        .add(NewDeadLetter {
             kind: DeadLetterKind::PostToConnection,
             target: "aaaaaaaaaaaaaaaa".into(),
             user: None,
             reason: "gone".into(),
-            payload: Utf8Bytes::from(payload.to_owned()),
+            payload: payload.into(),
         })
         .await
         .unwrap()
@@ -179,7 +180,7 @@ async fn rows_hold_ciphertext_and_their_key_id_and_no_file_holds_plaintext() {
 
     assert_eq!(bodies(&store, "general").await.unwrap(), needles[..50]);
     assert_eq!(
-        store.dead_letter(dl).await.unwrap().unwrap().payload,
+        store.get(dl).await.unwrap().unwrap().payload,
         "secret-payload-of-a-post"
     );
     assert_eq!(store.unknown_keys().await.unwrap(), []);
@@ -190,7 +191,7 @@ async fn rows_hold_ciphertext_and_their_key_id_and_no_file_holds_plaintext() {
     // Restarted with the same key (named twice, in another order: ids, not order, decide).
     let store = open(dir.path(), &[KEY_A, KEY_A]);
     assert_eq!(bodies(&store, "general").await.unwrap(), needles[..50]);
-    assert_eq!(store.dead_letters(0, 10, false).await.unwrap().len(), 1);
+    assert_eq!(store.list(0, 10, false).await.unwrap().len(), 1);
     store.shutdown().await;
 }
 
@@ -214,7 +215,7 @@ async fn a_row_under_an_unconfigured_key_is_unavailable_never_garbage() {
                 && text.contains(&id_a),
             "{text}"
         );
-        let err = store.dead_letter(dl).await.unwrap_err().to_string();
+        let err = store.get(dl).await.unwrap_err().to_string();
         assert!(err.contains(&format!("dead letter {dl}")), "{err}");
         let unknown = store.unknown_keys().await.unwrap();
         assert!(
@@ -243,16 +244,10 @@ async fn a_row_under_an_unconfigured_key_is_unavailable_never_garbage() {
         store.shutdown().await;
     }
 
-    // The server refuses such a store, naming the key id and the rows under it.
-    let config = ServerConfig {
-        data_dir: dir.path().to_owned(),
-        encryption: dynamowave_server::config::EncryptionConfig {
-            key_files: vec![],
-            keys: vec![cipher::encode_key(&KEY_B)],
-        },
-        ..ServerConfig::unthrottled()
-    };
-    let err = dynamowave_server::Server::open(config)
+    // The backend refuses such a store, naming the key id and the rows under it.
+    let backend = SqliteBackend::new(dir.path(), vec![], vec![cipher::encode_key(&KEY_B)]);
+    let err = backend
+        .open_store(Arc::new(NoListener))
         .await
         .err()
         .expect("refused")
@@ -350,7 +345,7 @@ async fn plaintext_rows_stay_readable_and_rekey_encrypts_every_row() {
     let store = open(dir.path(), &[KEY_B]);
     assert_eq!(bodies(&store, "general").await.unwrap(), expected);
     let payloads: Vec<String> = store
-        .dead_letters(0, 10, false)
+        .list(0, 10, false)
         .await
         .unwrap()
         .into_iter()

@@ -4,10 +4,10 @@
 use std::sync::Arc;
 
 use dynamowave_core::conformance::{self, RecordingListener};
-use dynamowave_core::ports::{ConnectionStore, MessageLog, NewMessage, NoListener};
+use dynamowave_core::ports::{ConnectionStore, DeadLetters, MessageLog, NewMessage, NoListener};
 use dynamowave_core::protocol::HistoryQuery;
 use dynamowave_core::{RoomId, Seq, UserName};
-use dynamowave_server::store::sqlite::{OpenError, SqliteStore};
+use dynamowave_store_sqlite::sqlite::{OpenError, SqliteStore};
 
 fn new_message(room: &str, id: &str, data: &str) -> NewMessage {
     NewMessage {
@@ -38,6 +38,18 @@ async fn sqlite_connections_pass_the_conformance_suite() {
         let store = SqliteStore::open(dir.path(), Arc::new(NoListener)).unwrap();
         dirs.lock().unwrap().push(dir);
         async move { Arc::new(store) as Arc<dyn ConnectionStore> }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_dead_letters_pass_the_conformance_suite() {
+    let dirs = std::sync::Mutex::new(Vec::new());
+    conformance::dead_letters(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path(), Arc::new(NoListener)).unwrap();
+        dirs.lock().unwrap().push(dir);
+        async move { Arc::new(store) as Arc<dyn DeadLetters> }
     })
     .await;
 }

@@ -130,7 +130,8 @@ pub async fn run(a: FanoutArgs) -> anyhow::Result<Report> {
     );
 
     let flood = if a.flood_rate > 0.0 {
-        let conn = load::connect(&a.common.url, a.protocol, Some(&a.room)).await?;
+        let first = a.common.url.split(',').next().unwrap_or_default();
+        let conn = load::connect(first, a.protocol, Some(&a.room)).await?;
         Some(Flooder::start(conn, &a))
     } else {
         None

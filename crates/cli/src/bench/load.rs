@@ -232,8 +232,9 @@ pub async fn connect(
     Ok(Conn { tx, rx, handshake })
 }
 
-/// Connects `n` clients, `concurrency` handshakes at a time. Returns the clients (in order of
-/// completion) and the number that failed.
+/// Connects `n` clients, `concurrency` handshakes at a time; with several comma-separated URLs
+/// (the nodes of a cluster) client `i` goes to URL `i mod count`. Returns the clients (in order
+/// of completion) and the number that failed.
 pub async fn connect_many(
     url: &str,
     n: usize,
@@ -244,8 +245,10 @@ pub async fn connect_many(
 ) -> (Vec<(usize, Conn)>, u64) {
     let mut conns = Vec::with_capacity(n);
     let mut failures = 0;
+    let urls: Vec<&str> = url.split(',').collect();
     let mut pending = futures_util::stream::iter((0..n).map(|i| {
         let room = room_of(i);
+        let url = urls[i % urls.len()];
         async move { (i, connect(url, protocol, room.as_deref()).await) }
     }))
     .buffer_unordered(concurrency.max(1));

@@ -48,7 +48,8 @@ enum Scenario {
 /// Options every scenario takes.
 #[derive(Args, Debug, Clone)]
 pub struct Common {
-    /// WebSocket URL of the server under test.
+    /// WebSocket URL of the server under test; several, comma-separated, spread the clients
+    /// over the nodes of a cluster (client i on URL i mod count).
     #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
     pub url: String,
     /// Print one JSON object instead of a human summary.

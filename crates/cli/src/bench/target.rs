@@ -5,8 +5,18 @@ use std::net::{IpAddr, ToSocketAddrs};
 
 use anyhow::{Context, bail};
 
-/// Checks the URL and refuses targets outside loopback without `--allow-remote`.
-pub fn check(url: &str, allow_remote: bool) -> anyhow::Result<u16> {
+/// Checks the URL (or each of a comma-separated list: the nodes of a cluster) and refuses
+/// targets outside loopback without `--allow-remote`. The port is the first URL's.
+pub fn check(urls: &str, allow_remote: bool) -> anyhow::Result<u16> {
+    let mut first = None;
+    for url in urls.split(',') {
+        let port = check_one(url, allow_remote)?;
+        first.get_or_insert(port);
+    }
+    first.context("no URL given")
+}
+
+fn check_one(url: &str, allow_remote: bool) -> anyhow::Result<u16> {
     let rest = url
         .strip_prefix("ws://")
         .or_else(|| url.strip_prefix("wss://"))

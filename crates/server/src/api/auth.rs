@@ -73,9 +73,11 @@ mod tests {
             admin_token: admin_token.map(str::to_owned),
             ..ServerConfig::default()
         };
-        let dir = tempfile::tempdir().unwrap();
-        let (state, _) =
-            AppState::for_tests(dir.path(), config, tokio::sync::watch::channel(false).1);
+        let state = AppState::for_tests(
+            config,
+            tokio::sync::watch::channel(false).1,
+            std::sync::Arc::new(dynamowave_core::memory::MemoryLifecycle),
+        );
         let peer: SocketAddr = peer.parse().unwrap();
         let app = router(state).layer(MockConnectInfo(peer));
         let mut request =

@@ -1,7 +1,8 @@
 //! `/@connections/{id}`, as API Gateway's management API: post to a connection, describe it,
 //! or close it. An id that is not connected answers 410 Gone.
-
-use std::sync::Arc;
+//!
+//! The id is looked up in this node's hub first; in a cluster (`AppState::peers`) an id the hub
+//! does not have is asked of the other nodes, and their answer is this one's.
 
 use axum::Json;
 use axum::body::Body;
@@ -9,15 +10,13 @@ use axum::extract::ws::Utf8Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use dynamowave_core::protocol::{ConnectionInfo, Mode};
-use dynamowave_core::{ChatError, ConnectionId, ErrorCode, UserName};
-use serde::Serialize;
+use dynamowave_core::ports::{DeadLetterKind, NewDeadLetter, PostError};
+use dynamowave_core::{ChatError, ConnectionId, ErrorCode};
 use serde_json::json;
 
 use super::{ApiError, read_body};
 use crate::app::AppState;
-use crate::dlq::{DeadLetterKind, NewDeadLetter};
-use crate::hub::{ConnectionHandle, SendError};
+use crate::hub::SendError;
 
 fn gone(id: &str) -> ApiError {
     ApiError(ChatError::new(
@@ -26,9 +25,14 @@ fn gone(id: &str) -> ApiError {
     ))
 }
 
-fn find(state: &AppState, id: &str) -> Result<Arc<ConnectionHandle>, ApiError> {
-    let parsed = ConnectionId::parse(id).map_err(|_| gone(id))?;
-    state.hub.connection(&parsed).ok_or_else(|| gone(id))
+fn full(id: &str) -> ApiError {
+    ApiError(
+        ChatError::new(
+            ErrorCode::Unavailable,
+            format!("connection {id} is not reading (its outbound queue is full); try later"),
+        )
+        .with_retry_after(1000),
+    )
 }
 
 /// `POST /@connections/{id}`: the body, as one text frame. A payload for a connection that is
@@ -46,18 +50,19 @@ pub async fn post(
         ChatError::bad_request("the body must be UTF-8 text; it is sent as one text frame")
     })?;
     let Some(handle) = state.hub.connection(&parsed) else {
-        return dead_letter_gone(&state, &id, text).await;
+        let Some(peers) = &state.peers else {
+            return dead_letter_gone(&state, &id, text).await;
+        };
+        return match peers.post(&parsed, text.as_str().to_owned()).await? {
+            Ok(()) => Ok(StatusCode::OK.into_response()),
+            Err(PostError::Full) => Err(full(&id)),
+            Err(PostError::Gone) => dead_letter_gone(&state, &id, text).await,
+        };
     };
     match handle.post(text.clone()) {
         Ok(()) => Ok(StatusCode::OK.into_response()),
         Err(SendError::Gone) => dead_letter_gone(&state, &id, text).await,
-        Err(SendError::Full) => Err(ApiError(
-            ChatError::new(
-                ErrorCode::Unavailable,
-                format!("connection {id} is not reading (its outbound queue is full); try later"),
-            )
-            .with_retry_after(1000),
-        )),
+        Err(SendError::Full) => Err(full(&id)),
     }
 }
 
@@ -72,7 +77,7 @@ async fn dead_letter_gone(
         target: id.to_owned(),
         user: None,
         reason: "gone: the connection was not connected when the post arrived".to_owned(),
-        payload,
+        payload: payload.as_str().into(),
     };
     let dead_letter = state.dead_letters.add(entry).await?;
     let body = json!({
@@ -83,27 +88,21 @@ async fn dead_letter_gone(
     Ok((StatusCode::GONE, Json(body)).into_response())
 }
 
-/// `GET /@connections/{id}`.
+/// `GET /@connections/{id}`: API Gateway's fields, then who and how
+/// ([`dynamowave_core::ports::ConnectionDescription`]).
 pub async fn get(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let h = find(&state, &id)?;
-    let description = ConnectionDescription {
-        info: h.info(),
-        user: h.user.clone(),
-        mode: h.mode,
+    let parsed = ConnectionId::parse(&id).map_err(|_| gone(&id))?;
+    let description = match state.hub.connection(&parsed) {
+        Some(h) => h.describe(),
+        None => match &state.peers {
+            Some(peers) => peers.describe(&parsed).await?.ok_or_else(|| gone(&id))?,
+            None => return Err(gone(&id)),
+        },
     };
     Ok(Json(description).into_response())
-}
-
-/// `GET /@connections/{id}`'s body: API Gateway's fields, then who and how.
-#[derive(Serialize)]
-struct ConnectionDescription {
-    #[serde(flatten)]
-    info: ConnectionInfo,
-    user: UserName,
-    mode: Mode,
 }
 
 /// `DELETE /@connections/{id}`: closes the socket with 1000.
@@ -111,6 +110,17 @@ pub async fn delete(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    find(&state, &id)?.close(1000, "closed by the management API");
+    const CODE: u16 = 1000;
+    const REASON: &str = "closed by the management API";
+    let parsed = ConnectionId::parse(&id).map_err(|_| gone(&id))?;
+    match state.hub.connection(&parsed) {
+        Some(h) => {
+            h.close(CODE, REASON);
+        }
+        None => match &state.peers {
+            Some(peers) if peers.close(&parsed, CODE, REASON).await? => {}
+            _ => return Err(gone(&id)),
+        },
+    }
     Ok(StatusCode::NO_CONTENT.into_response())
 }

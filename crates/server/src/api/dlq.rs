@@ -5,13 +5,14 @@ use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use dynamowave_core::ports::Purge;
 use dynamowave_core::{ChatError, ConnectionId, ErrorCode};
 use serde::Deserialize;
 use serde_json::json;
 
 use super::ApiError;
 use crate::app::AppState;
-use crate::dlq::{Purge, ReplayError, Replayed};
+use crate::dlq::{ReplayError, Replayed};
 
 /// Most entries one `GET /dlq` returns.
 const MAX_PAGE: usize = 1000;

@@ -11,11 +11,23 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use dynamowave_client::{Client, CompatClient};
+use dynamowave_core::ports::Backend;
 use dynamowave_server::{ServerConfig, ServerError};
+use dynamowave_store_sqlite::SqliteBackend;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub const WAIT: Duration = Duration::from_secs(10);
+
+/// The single binary's backend for `config`: the SQLite store in its data directory, under its
+/// encryption keys.
+pub fn backend(config: &ServerConfig) -> Box<dyn Backend> {
+    Box::new(SqliteBackend::new(
+        config.data_dir.clone(),
+        config.encryption.key_files.clone(),
+        config.encryption.keys.clone(),
+    ))
+}
 
 pub struct TestServer {
     pub addr: SocketAddr,
@@ -51,7 +63,8 @@ impl TestServer {
             ..config
         };
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(dynamowave_server::run(listener, config, async {
+        let backend = backend(&config);
+        let task = tokio::spawn(dynamowave_server::run(listener, config, backend, async {
             let _ = stopped.await;
         }));
         TestServer {

@@ -7,7 +7,10 @@
 //! works on a machine with only Rust; `./test.sh` sets `DYNAMOWAVE_REQUIRE_NATS=1`, which turns
 //! a missing server into a failure.
 
-#![allow(dead_code, reason = "each test file uses a different part of the helper")]
+#![allow(
+    dead_code,
+    reason = "each test file uses a different part of the helper"
+)]
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -129,6 +132,63 @@ impl NatsServer {
     pub fn restart(&mut self) {
         self.kill();
         self.spawn();
+    }
+}
+
+/// Three JetStream servers in one NATS cluster (`dw-test`), for R3 streams.
+pub struct NatsCluster {
+    pub servers: Vec<NatsServer>,
+}
+
+impl NatsCluster {
+    pub fn start() -> Option<Self> {
+        let binary = skip_without_nats()?;
+        let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+        let routes = ports
+            .iter()
+            .map(|(_, route)| format!("nats://127.0.0.1:{route}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut servers = Vec::new();
+        for (i, (port, route)) in ports.iter().enumerate() {
+            let dir = tempfile::tempdir().unwrap();
+            let args = vec![
+                "-a".into(),
+                "127.0.0.1".into(),
+                "-p".into(),
+                port.to_string(),
+                "-js".into(),
+                "-sd".into(),
+                dir.path().display().to_string(),
+                "-n".into(),
+                format!("dw-{i}"),
+                "--cluster_name".into(),
+                "dw-test".into(),
+                "--cluster".into(),
+                format!("nats://127.0.0.1:{route}"),
+                "--routes".into(),
+                routes.clone(),
+            ];
+            let mut server = NatsServer {
+                port: *port,
+                dir,
+                child: None,
+                binary: binary.clone(),
+                args,
+            };
+            server.spawn();
+            servers.push(server);
+        }
+        Some(NatsCluster { servers })
+    }
+
+    /// Every server's URL, comma-separated (clients fail over between them).
+    pub fn url(&self) -> String {
+        self.servers
+            .iter()
+            .map(NatsServer::url)
+            .collect::<Vec<_>>()
+            .join(",")
     }
 }
 
