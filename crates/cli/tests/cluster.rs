@@ -551,3 +551,44 @@ fn the_sqlite_tools_refuse_a_cluster_node_and_say_what_to_use() {
     assert!(!ok);
     assert!(err.contains("invalid --node-id \"a.b\""), "{err}");
 }
+
+/// `dynamowave bench` spread over two nodes (the figures in docs/benchmarks.md#cluster): every
+/// message sent on one node is delivered to every member on both.
+#[tokio::test]
+async fn bench_spreads_its_clients_over_the_nodes_and_every_message_arrives() {
+    let Some(nats) = nats::NatsServer::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let url = nats.url();
+    let (a, b) = (node(&dir, &url, "a", &[]), node(&dir, &url, "b", &[]));
+    let urls = format!("{},{}", a.ws_url("x"), b.ws_url("x"));
+    for scenario in [
+        &[
+            "fanout",
+            "--members",
+            "20",
+            "--senders",
+            "4",
+            "--rate",
+            "10",
+        ][..],
+        &["ack", "--senders", "4", "--rate", "10"][..],
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_dynamowave"))
+            .arg("bench")
+            .args(scenario)
+            .args(["--duration", "1", "--json", "--url", &urls])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(report["errors"], 0, "{report}");
+        assert_eq!(report["delivery_ratio"], 1.0, "{report}");
+        assert_eq!(report["delivered"], report["expected"], "{report}");
+    }
+}

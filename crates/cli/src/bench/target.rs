@@ -110,4 +110,12 @@ mod tests {
         assert!(check("ws://192.0.2.1:9000/ws", true).is_ok());
         assert!(check("http://127.0.0.1/ws", false).is_err());
     }
+
+    #[test]
+    fn every_node_of_a_list_is_checked_and_the_first_port_returned() {
+        let nodes = "ws://127.0.0.1:9000/ws,ws://127.0.0.1:9001/ws";
+        assert_eq!(check(nodes, false).unwrap(), 9000);
+        assert!(check("ws://127.0.0.1:9000/ws,ws://192.0.2.1:9000/ws", false).is_err());
+        assert!(check("ws://127.0.0.1:9000/ws,", false).is_err());
+    }
 }
