@@ -257,6 +257,20 @@ async fn three_nodes_are_one_chat() {
     wait_members(&b, "general", &["alice", "bob", "carol"]).await; // alice is still in on c
     drop(alice_on_c);
     wait_members(&b, "general", &["bob", "carol"]).await;
+
+    // The store metrics the alerts use are recorded on a cluster node too: a's ten messages.
+    let page = common::metrics_page(&http, &a).await;
+    let acked: f64 = page
+        .lines()
+        .find_map(|l| l.strip_prefix("dynamowave_messages_acked_total "))
+        .unwrap_or_else(|| panic!("no acked counter in {page}"))
+        .parse()
+        .unwrap();
+    assert_eq!(acked, 10.0, "{page}");
+    assert!(
+        page.contains("dynamowave_store_commit_seconds_count"),
+        "{page}"
+    );
 }
 
 #[tokio::test]

@@ -288,6 +288,7 @@ impl JetStreamLog {
 impl MessageLog for JetStreamLog {
     async fn append(&self, m: NewMessage) -> Result<Appended, StoreError> {
         self.check_open()?;
+        metrics::counter!("dynamowave_messages_received_total").increment(1);
         let key = names::idempotency_key(&m.room, m.user.as_str(), &m.id);
         if let Some(seq) = self
             .ids
@@ -320,6 +321,7 @@ impl MessageLog for JetStreamLog {
             headers.insert(names::USER, m.user.as_str());
             headers.insert(names::ID, m.id.as_str());
             headers.insert(names::TS, ts.to_string().as_str());
+            let started = std::time::Instant::now();
             let ack = self
                 .js
                 .publish_with_headers(self.names.message(&m.room, seq), headers, body.clone())
@@ -344,6 +346,10 @@ impl MessageLog for JetStreamLog {
                     return self.original(&room, seq).await;
                 }
                 Ok(_) => {
+                    // Publish to JetStream's ack: this shape's commit.
+                    metrics::histogram!("dynamowave_store_commit_seconds")
+                        .record(started.elapsed());
+                    metrics::counter!("dynamowave_messages_acked_total").increment(1);
                     self.saw_head(&m.room, seq);
                     self.remember_id(&key, seq).await;
                     let message = Arc::new(ChatMessage {
