@@ -64,6 +64,19 @@ async fn ack_or_error(c: &mut Client) -> ServerFrame {
     }
 }
 
+/// Polls `/readyz` on `server` until it answers `status`, for at most 10 s.
+async fn wait_ready(server: &ServerProcess, status: u16, otherwise: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = reqwest::get(format!("http://{}/readyz", server.addr)).await;
+        if r.unwrap().status().as_u16() == status {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{otherwise}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 async fn get_json(url: &str) -> (u16, Value) {
     let r = reqwest::get(url).await.unwrap();
     let status = r.status().as_u16();
@@ -379,14 +392,8 @@ async fn nats_down_means_unavailable_and_the_same_ids_commit_once_when_it_is_bac
     let a = node(&dir, &nats.url(), "a", &[]);
     let mut alice = joined(&a, "alice", "room", None).await;
     alice.send_and_ack("room", "before", "m1").await.unwrap();
-    let ready = |addr: String| async move {
-        reqwest::get(format!("http://{addr}/readyz"))
-            .await
-            .unwrap()
-            .status()
-            .as_u16()
-    };
-    assert_eq!(ready(a.addr.clone()).await, 200);
+    let (status, _) = get_json(&format!("http://{}/readyz", a.addr)).await;
+    assert_eq!(status, 200);
 
     nats.kill();
     alice
@@ -404,14 +411,7 @@ async fn nats_down_means_unavailable_and_the_same_ids_commit_once_when_it_is_bac
     };
     assert_eq!(code, ErrorCode::Unavailable);
     assert!(retry_after_ms.is_some());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while ready(a.addr.clone()).await != 503 {
-        assert!(
-            Instant::now() < deadline,
-            "/readyz stays 200 with NATS down"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_ready(&a, 503, "/readyz stays 200 with NATS down").await;
 
     nats.restart();
     // The node reconnects by itself; the client retries with the same id until it is acked.
@@ -444,11 +444,7 @@ async fn nats_down_means_unavailable_and_the_same_ids_commit_once_when_it_is_bac
         .map(|m| m["data"].as_str().unwrap())
         .collect();
     assert_eq!(data, vec!["before", "while down"], "committed once");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while ready(a.addr.clone()).await != 200 {
-        assert!(Instant::now() < deadline, "/readyz does not recover");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_ready(&a, 200, "/readyz does not recover").await;
 }
 
 #[tokio::test]

@@ -16,7 +16,6 @@ use crate::presence::Presence;
 use crate::{StoreError, backend};
 
 /// How long a node waits for another's answer.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 
 #[derive(Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -68,28 +67,26 @@ impl Peers {
             return Ok(None);
         }
         let body = serde_json::to_vec(&request).map_err(|e| StoreError::Backend(e.to_string()))?;
-        let asked = tokio::time::timeout(
-            REQUEST_TIMEOUT,
-            self.client
-                .request(self.names.node_inbox(&node), body.into()),
-        )
-        .await;
+        // Bounded by the client's request timeout (`NatsConfig::request_timeout`).
+        let asked = self
+            .client
+            .request(self.names.node_inbox(&node), body.into())
+            .await;
         match asked {
-            Ok(Ok(reply)) => serde_json::from_slice(&reply.payload)
+            Ok(reply) => serde_json::from_slice(&reply.payload)
                 .map(Some)
                 .map_err(|e| StoreError::Backend(format!("bad reply from node {node}: {e}"))),
-            Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
+            Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
                 // The node is gone (its rows will be reaped): so is the connection.
                 match self.presence.is_alive(&node) {
                     true => Err(StoreError::Backend(format!("node {node} does not answer"))),
                     false => Ok(None),
                 }
             }
-            Ok(Err(e)) => Err(backend("asking the connection's node", e)),
-            Err(_) => Err(StoreError::Backend(format!(
-                "node {node} did not answer within {} ms",
-                REQUEST_TIMEOUT.as_millis()
-            ))),
+            Err(e) if e.kind() == async_nats::RequestErrorKind::TimedOut => Err(
+                StoreError::Backend(format!("node {node} did not answer in time")),
+            ),
+            Err(e) => Err(backend("asking the connection's node", e)),
         }
     }
 }

@@ -79,9 +79,14 @@ impl NatsServer {
     /// A single JetStream server.
     pub fn start() -> Option<Self> {
         let binary = skip_without_nats()?;
+        Some(NatsServer::spawned(binary, free_port(), Vec::new()))
+    }
+
+    /// A JetStream server on 127.0.0.1:`port` with its own storage, `extra` arguments after
+    /// the common ones, started and listening.
+    fn spawned(binary: PathBuf, port: u16, extra: Vec<String>) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let args = vec![
+        let mut args: Vec<String> = vec![
             "-a".into(),
             "127.0.0.1".into(),
             "-p".into(),
@@ -90,6 +95,7 @@ impl NatsServer {
             "-sd".into(),
             dir.path().display().to_string(),
         ];
+        args.extend(extra);
         let mut server = NatsServer {
             port,
             dir,
@@ -98,7 +104,7 @@ impl NatsServer {
             args,
         };
         server.spawn();
-        Some(server)
+        server
     }
 
     pub fn url(&self) -> String {
@@ -149,36 +155,23 @@ impl NatsCluster {
             .map(|(_, route)| format!("nats://127.0.0.1:{route}"))
             .collect::<Vec<_>>()
             .join(",");
-        let mut servers = Vec::new();
-        for (i, (port, route)) in ports.iter().enumerate() {
-            let dir = tempfile::tempdir().unwrap();
-            let args = vec![
-                "-a".into(),
-                "127.0.0.1".into(),
-                "-p".into(),
-                port.to_string(),
-                "-js".into(),
-                "-sd".into(),
-                dir.path().display().to_string(),
-                "-n".into(),
-                format!("dw-{i}"),
-                "--cluster_name".into(),
-                "dw-test".into(),
-                "--cluster".into(),
-                format!("nats://127.0.0.1:{route}"),
-                "--routes".into(),
-                routes.clone(),
-            ];
-            let mut server = NatsServer {
-                port: *port,
-                dir,
-                child: None,
-                binary: binary.clone(),
-                args,
-            };
-            server.spawn();
-            servers.push(server);
-        }
+        let servers = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (port, route))| {
+                let cluster = vec![
+                    "-n".into(),
+                    format!("dw-{i}"),
+                    "--cluster_name".into(),
+                    "dw-test".into(),
+                    "--cluster".into(),
+                    format!("nats://127.0.0.1:{route}"),
+                    "--routes".into(),
+                    routes.clone(),
+                ];
+                NatsServer::spawned(binary.clone(), *port, cluster)
+            })
+            .collect();
         Some(NatsCluster { servers })
     }
 
