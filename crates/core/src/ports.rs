@@ -114,13 +114,16 @@ pub trait ConnectionStore: Send + Sync + 'static {
 }
 
 /// The fan-out index: which live connections are in which room.
+#[async_trait]
 pub trait RoomMembership: Send + Sync + 'static {
     /// From this call on, every message committed to `room` is queued to the connection.
     fn join(&self, connection: &ConnectionId, room: &RoomId);
 
     fn leave(&self, connection: &ConnectionId, room: &RoomId);
 
-    fn members(&self, room: &RoomId) -> Vec<Member>;
+    /// Who is in the room now. Async because a shape without a node-local index (AWS: a
+    /// DynamoDB query) must ask its store.
+    async fn members(&self, room: &RoomId) -> Result<Vec<Member>, StoreError>;
 
     /// Tells the room's other v1 members that `user` joined or left (not stored).
     fn presence(

@@ -15,7 +15,7 @@ use std::time::Instant;
 use axum::extract::ws::Utf8Bytes;
 use dynamowave_core::error::close_code;
 use dynamowave_core::ports::{
-    CommitListener, ConnectionDescription, LocalConnections, PostError, RoomMembership,
+    CommitListener, ConnectionDescription, LocalConnections, PostError, RoomMembership, StoreError,
 };
 use dynamowave_core::protocol::{
     ChatMessage, ConnectionInfo, Identity, Member, Mode, PresenceEvent, ServerFrame,
@@ -232,8 +232,22 @@ impl Hub {
             handle.close(code, reason);
         }
     }
+
+    /// The room's members on this node (the cluster adds the other nodes').
+    pub fn members_here(&self, room: &RoomId) -> Vec<Member> {
+        read(&self.rooms)
+            .get(room)
+            .into_iter()
+            .flatten()
+            .map(|m| Member {
+                connection_id: m.id.clone(),
+                user: m.user.clone(),
+            })
+            .collect()
+    }
 }
 
+#[async_trait::async_trait]
 impl RoomMembership for Hub {
     fn join(&self, connection: &ConnectionId, room: &RoomId) {
         let Some(handle) = self.connection(connection) else {
@@ -256,16 +270,8 @@ impl RoomMembership for Hub {
         }
     }
 
-    fn members(&self, room: &RoomId) -> Vec<Member> {
-        read(&self.rooms)
-            .get(room)
-            .into_iter()
-            .flatten()
-            .map(|m| Member {
-                connection_id: m.id.clone(),
-                user: m.user.clone(),
-            })
-            .collect()
+    async fn members(&self, room: &RoomId) -> Result<Vec<Member>, StoreError> {
+        Ok(self.members_here(room))
     }
 
     fn presence(

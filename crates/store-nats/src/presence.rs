@@ -582,6 +582,7 @@ impl ConnectionStore for Presence {
 /// (the other nodes learn them from the bucket); `members` is cluster-wide.
 pub struct ClusterRooms(pub Arc<Presence>);
 
+#[async_trait::async_trait]
 impl RoomMembership for ClusterRooms {
     fn join(&self, connection: &ConnectionId, room: &RoomId) {
         self.0.local.join(connection, room);
@@ -591,8 +592,8 @@ impl RoomMembership for ClusterRooms {
         self.0.local.leave(connection, room);
     }
 
-    fn members(&self, room: &RoomId) -> Vec<Member> {
-        let mut members = self.0.local.members(room);
+    async fn members(&self, room: &RoomId) -> Result<Vec<Member>, StoreError> {
+        let mut members = self.0.local.members(room).await?;
         let view = lock(&self.0.view);
         if let Some(all) = view.rooms.get(room) {
             for (id, (node, user)) in all {
@@ -607,7 +608,7 @@ impl RoomMembership for ClusterRooms {
                 }
             }
         }
-        members
+        Ok(members)
     }
 
     fn presence(

@@ -18,11 +18,12 @@ use tokio::task::JoinSet;
 
 struct NoHub;
 
+#[async_trait::async_trait]
 impl RoomMembership for NoHub {
     fn join(&self, _: &ConnectionId, _: &RoomId) {}
     fn leave(&self, _: &ConnectionId, _: &RoomId) {}
-    fn members(&self, _: &RoomId) -> Vec<Member> {
-        Vec::new()
+    async fn members(&self, _: &RoomId) -> Result<Vec<Member>, dynamowave_core::ports::StoreError> {
+        Ok(Vec::new())
     }
     fn presence(&self, _: &RoomId, _: PresenceEvent, _: &UserName, _: &ConnectionId) {}
 }

@@ -15,11 +15,12 @@ use dynamowave_store_nats::{NatsBackend, NatsConfig};
 /// A fan-out with no connections: only the commit listener matters here.
 struct NoHub;
 
+#[async_trait::async_trait]
 impl dynamowave_core::ports::RoomMembership for NoHub {
     fn join(&self, _: &ConnectionId, _: &RoomId) {}
     fn leave(&self, _: &ConnectionId, _: &RoomId) {}
-    fn members(&self, _: &RoomId) -> Vec<Member> {
-        Vec::new()
+    async fn members(&self, _: &RoomId) -> Result<Vec<Member>, dynamowave_core::ports::StoreError> {
+        Ok(Vec::new())
     }
     fn presence(&self, _: &RoomId, _: PresenceEvent, _: &UserName, _: &ConnectionId) {}
 }

@@ -14,7 +14,7 @@ pub async fn handle(
     if services.log.head(&room).await?.is_none() {
         return Err(unknown_room(&room).into());
     }
-    let members = services.rooms.members(&room);
+    let members = services.rooms.members(&room).await?;
     out.send_text(ServerFrame::Members { room, members }.to_json())
         .await?;
     Ok(())

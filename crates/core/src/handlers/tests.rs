@@ -14,6 +14,7 @@ use crate::protocol::{Member, PresenceEvent};
 #[derive(Default)]
 struct Rooms(Mutex<HashMap<RoomId, Vec<ConnectionId>>>);
 
+#[async_trait]
 impl RoomMembership for Rooms {
     fn join(&self, c: &ConnectionId, r: &RoomId) {
         let mut map = self.0.lock().unwrap();
@@ -27,16 +28,17 @@ impl RoomMembership for Rooms {
             v.retain(|x| x != c);
         }
     }
-    fn members(&self, r: &RoomId) -> Vec<Member> {
+    async fn members(&self, r: &RoomId) -> Result<Vec<Member>, crate::error::StoreError> {
         let map = self.0.lock().unwrap();
-        map.get(r)
+        Ok(map
+            .get(r)
             .into_iter()
             .flatten()
             .map(|c| Member {
                 connection_id: c.clone(),
                 user: UserName::parse("u").unwrap(),
             })
-            .collect()
+            .collect())
     }
     fn presence(&self, _: &RoomId, _: PresenceEvent, _: &UserName, _: &ConnectionId) {}
 }

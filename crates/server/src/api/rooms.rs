@@ -137,6 +137,6 @@ pub async fn members(
     if state.services.log.head(&room).await?.is_none() {
         return Err(ChatError::not_found(format!("room {room} does not exist")).into());
     }
-    let members = state.services.rooms.members(&room);
+    let members = state.services.rooms.members(&room).await?;
     Ok(Json(json!({ "room": room, "members": members })).into_response())
 }
