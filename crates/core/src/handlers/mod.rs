@@ -67,6 +67,26 @@ impl Session {
         }
     }
 
+    /// A session rebuilt from its stored row and rooms, for a shape with no task per
+    /// connection (AWS: every frame is a new invocation). Nothing was delivered here yet, so
+    /// the rooms start at `Seq::ZERO`; such a shape posts from the commit and never filters
+    /// live messages.
+    pub fn restore(record: ConnectionRecord, rooms: Vec<RoomId>) -> Self {
+        Session {
+            id: record.id,
+            user: record.user,
+            mode: record.mode,
+            identity: Identity {
+                source_ip: record.source_ip,
+                user_agent: record.user_agent,
+            },
+            connected_at: record.connected_at,
+            last_active: Arc::new(AtomicU64::new(now_ms())),
+            rooms: rooms.into_iter().map(|room| (room, Seq::ZERO)).collect(),
+            allowed_rooms: None,
+        }
+    }
+
     pub fn record(&self) -> ConnectionRecord {
         ConnectionRecord {
             id: self.id.clone(),
