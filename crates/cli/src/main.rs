@@ -13,11 +13,14 @@
 //! - `dlq.rs`: `dynamowave dlq`, the dead-letter queue of a running server.
 //! - `token.rs`: `dynamowave token`, an HS256 token for development (`auth = jwt`).
 //! - `rekey.rs`: `dynamowave rekey`, moves stored rows to the newest encryption key.
+//! - `local_gateway/`: `dynamowave emulate-aws`, a local API Gateway WebSocket API and Lambda
+//!   Runtime API that run the AWS shape's handler binaries (deploy/aws/run-local.sh).
 
 mod backup;
 mod bench;
 mod chat;
 mod dlq;
+mod local_gateway;
 mod rekey;
 mod restore;
 mod serve;
@@ -72,6 +75,9 @@ enum Command {
     /// Print an HS256 token for a server with --auth jwt (development; reads the same
     /// --config and DYNAMOWAVE_JWT_SECRET as serve).
     Token(token::TokenArgs),
+    /// A local API Gateway WebSocket API that runs the AWS shape's Lambda handler binaries,
+    /// unchanged, through the Lambda Runtime API (deploy/aws/run-local.sh starts it).
+    EmulateAws(local_gateway::EmulateAwsArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -110,6 +116,7 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Dlq(args)) => runtime.block_on(dlq::run(args)),
         Some(Command::Rekey(args)) => rekey::run(args),
         Some(Command::Token(args)) => token::run(args),
+        Some(Command::EmulateAws(args)) => runtime.block_on(local_gateway::main(args)),
         None => runtime.block_on(serve::run(serve::ServeArgs::from_env())),
     }
 }

@@ -40,9 +40,11 @@ impl ConnectionsApi {
             .entry(endpoint.to_owned())
             .or_insert_with(|| {
                 // The endpoint is set here, so AWS_ENDPOINT_URL (an emulator for DynamoDB and
-                // SQS) does not redirect the posts.
+                // SQS) does not redirect the posts. No SDK retries: the fan-out retries with its
+                // own backoff and then dead-letters, and retries at both levels would multiply.
                 let config = aws_sdk_apigatewaymanagement::config::Builder::from(&self.config)
                     .endpoint_url(endpoint)
+                    .retry_config(aws_config::retry::RetryConfig::disabled())
                     .build();
                 Client::from_conf(config)
             })
