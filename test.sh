@@ -31,6 +31,19 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "tests"
 cargo test --workspace --exclude dynamowave-lambda
 
+step "the AWS shape: DynamoDB store conformance, handlers and end to end through deploy/aws/run-local.sh, on moto"
+# moto (PyPI moto[server]) emulates DynamoDB and SQS; deploy/aws/moto_server.py runs it.
+if ! "$venv/bin/python" -c 'import importlib.metadata as m, sys; sys.exit(m.version("moto") != "5.2.6")' 2>/dev/null \
+    || [ ! -x "$venv/bin/moto_server" ]; then
+    echo "installing moto[server]==5.2.6 into $venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check 'moto[server]==5.2.6' >/dev/null
+fi
+# Here the tests must run, not skip.
+DYNAMOWAVE_REQUIRE_MOTO=1 DYNAMOWAVE_RUN_LOCAL_E2E=1 cargo test -p dynamowave-lambda
+
+step "the AWS shape: cfn-lint on deploy/aws/template.yaml, the Lambda zip for glibc 2.34"
+deploy/aws/check.sh
+
 step "docs/openapi.yaml is a valid OpenAPI document"
 need_pip openapi-spec-validator==0.9.0
 # The validator reports errors on stdout: show them only when it fails.

@@ -29,7 +29,9 @@ esac
 target_dir="${CARGO_TARGET_DIR:-$PWD/target}/$profile"
 
 echo "== building the handler, the operator tools and the local API Gateway ($profile)" >&2
-cargo build --quiet "${cargo_flags[@]}" -p dynamowave-lambda -p dynamowave
+# One package at a time: built together, their features unify and every dependency rebuilds.
+cargo build --quiet "${cargo_flags[@]}" -p dynamowave-lambda
+cargo build --quiet "${cargo_flags[@]}" -p dynamowave
 
 . scripts/python-venv.sh
 if [ ! -x "$venv/bin/moto_server" ]; then

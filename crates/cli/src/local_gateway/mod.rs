@@ -363,6 +363,9 @@ async fn serve(gw: Shared, id: String, facts: Arc<ConnectionFacts>, socket: WebS
         c.last_active.clone()
     };
     let (mut sink, mut stream) = socket.split();
+    // A close the gateway sends (DELETE @connections, limits) ends the connection at once, as
+    // on AWS, without waiting for the client's answer.
+    let (closing, mut closed) = tokio::sync::oneshot::channel::<(u16, String)>();
     let writer = tokio::spawn(async move {
         while let Some(out) = rx.recv().await {
             match out {
@@ -375,9 +378,10 @@ async fn serve(gw: Shared, id: String, facts: Arc<ConnectionFacts>, socket: WebS
                     let _ = sink
                         .send(Message::Close(Some(CloseFrame {
                             code,
-                            reason: reason.into(),
+                            reason: reason.clone().into(),
                         })))
                         .await;
+                    let _ = closing.send((code, reason));
                     break;
                 }
             }
@@ -414,6 +418,11 @@ async fn serve(gw: Shared, id: String, facts: Arc<ConnectionFacts>, socket: WebS
     tokio::pin!(deadline);
     let (code, reason) = loop {
         let read = tokio::select! {
+            closed = &mut closed => match closed {
+                Ok(close) => break close,
+                // The writer ended without a close: the socket failed.
+                Err(_) => break (1006, "Connection closed abnormally".to_owned()),
+            },
             () = &mut deadline => {
                 let _ = tx.send(Outbound::Close(1001, "Going away".into()));
                 break (1001, "Going away".to_owned());
