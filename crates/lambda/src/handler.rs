@@ -46,7 +46,7 @@ impl Handler {
             .clone()
             .map(|url| SqsDeadLetters::new(aws_sdk_sqs::Client::new(sdk), url));
         if dlq.is_none() {
-            tracing::warn!("DLQ_URL is not set: posts that keep failing are logged and dropped");
+            tracing::info!("DLQ_URL is not set: posts that keep failing are logged and dropped");
         }
         let verifier = config
             .jwt_secret

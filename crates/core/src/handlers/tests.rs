@@ -191,3 +191,48 @@ async fn unknown_rooms_and_leaving_are_errors() {
     let f = run(&mut s, &svc, "{oops").await;
     assert_eq!(f[0]["code"], "bad_request");
 }
+
+#[tokio::test]
+async fn a_restored_session_is_the_one_that_was_recorded() {
+    // The AWS shape rebuilds the session from its row on every frame: it must act the same.
+    let services = services();
+    let mut first = session(Mode::V1);
+    let mut out = Frames::default();
+    assert!(
+        connect::handle(&mut first, &services, &mut out)
+            .await
+            .is_ok()
+    );
+    dispatch(
+        &mut first,
+        &services,
+        r#"{"action":"join","room":"a"}"#,
+        &mut out,
+    )
+    .await
+    .unwrap();
+    let (record, rooms) = services.connections.list().await.unwrap().remove(0);
+    assert_eq!(record, first.record());
+    let mut again = Session::restore(record, rooms);
+    assert!(again.is_member(&RoomId::parse("a").unwrap()));
+    assert_eq!(
+        (again.id.clone(), again.connected_at),
+        (first.id.clone(), first.connected_at)
+    );
+    let mut out = Frames::default();
+    let send = r#"{"action":"sendmessage","room":"a","data":"hi","id":"1"}"#;
+    dispatch(&mut again, &services, send, &mut out)
+        .await
+        .unwrap();
+    assert_eq!(out.0[0]["type"], "ack");
+    // A second join of a room it is in is not a new membership (no presence, no room count).
+    dispatch(
+        &mut again,
+        &services,
+        r#"{"action":"join","room":"a"}"#,
+        &mut out,
+    )
+    .await
+    .unwrap();
+    assert_eq!(again.rooms().count(), 1);
+}
