@@ -142,6 +142,10 @@ pub fn route_of(body: &str, routes: &[String]) -> String {
         #[serde(borrow)]
         action: Option<std::borrow::Cow<'a, str>>,
     }
+    // Only an object has `$request.body.action`; serde would also read a struct from an array.
+    if !body.trim_start().starts_with('{') {
+        return "$default".to_owned();
+    }
     match serde_json::from_str::<Action>(body) {
         Ok(Action {
             action: Some(action),
