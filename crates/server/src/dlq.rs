@@ -16,7 +16,6 @@
 
 use std::sync::Arc;
 
-use axum::extract::ws::Utf8Bytes;
 use dynamowave_core::ConnectionId;
 use dynamowave_core::ports::{Claim, DeadLetter, DeadLetters, NewDeadLetter, Purge, StoreError};
 use dynamowave_core::retry::RetryPolicy;
@@ -125,7 +124,7 @@ impl DeadLetterQueue {
             .ok()
             .and_then(|c| self.hub.connection(&c));
         let sent = match handle {
-            Some(h) => h.post(Utf8Bytes::from(entry.payload)),
+            Some(h) => h.post(&entry.payload),
             None => Err(SendError::Gone),
         };
         let failure = match sent {

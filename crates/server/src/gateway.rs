@@ -3,8 +3,8 @@
 //! [`upgrade`] decides who the client is and which protocol it speaks, then hands the socket to
 //! [`serve_connection`], one task per connection, which
 //! - reads frames and runs them through the core's [`dispatch`] (replies are written in order);
-//! - drains the connection's bounded outbound queue (fan-out) to the socket, many frames per
-//!   flush;
+//! - drains the connection's bounded outbound queue (fan-out) to the socket: the frames are
+//!   encoded already (`crate::wire`), and everything queued leaves in one write;
 //! - closes with the right code when asked (slow consumer, `DELETE /@connections`, shutdown,
 //!   oversized frames) and runs `$disconnect` however it ends.
 
@@ -15,27 +15,36 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use dynamowave_core::error::close_code;
 use dynamowave_core::handlers::{HandlerError, Session, connect, disconnect, dispatch, send_error};
 use dynamowave_core::ports::{DeadLetterKind, Disconnected, NewDeadLetter, Outbox};
 use dynamowave_core::protocol::{Identity, Mode, SUBPROTOCOL_V1};
 use dynamowave_core::types::now_ms;
 use dynamowave_core::{ChatError, ConnectionId};
-use futures_util::SinkExt;
+use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
+use tungstenite::Message;
+use tungstenite::protocol::WebSocketConfig;
+use tungstenite::protocol::frame::CloseFrame;
+use tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::api::ApiError;
 use crate::app::AppState;
-use crate::hub::{ConnectionHandle, Outgoing};
+use crate::hub::{ConnectionHandle, Outgoing, Posted};
 use crate::instruments::instruments;
 use crate::limits::{ConnectionPermit, FrameGate, Verdict, frame_id};
+use crate::upgrade::{Handshake, Socket, requested_protocols};
+use crate::wire::{self, FrameWriter};
 
-/// Frames written per flush when the outbound queue has a backlog.
+/// Queue items (a room's commit each, or a direct frame) gathered into one write when the
+/// outbound queue has a backlog.
 const WRITE_BATCH: usize = 64;
+/// A handler's replies (a long replay) are written out once this much is buffered.
+const WRITE_AHEAD_BYTES: usize = 64 * 1024;
 /// How long a closing connection waits for the client's close frame.
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
 
@@ -48,7 +57,7 @@ pub async fn upgrade(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Query(params): Query<HashMap<String, String>>,
     headers: HeaderMap,
-    ws: WebSocketUpgrade,
+    ws: Handshake,
 ) -> Response {
     if *state.shutting_down.borrow() {
         return ApiError(ChatError::new(
@@ -64,19 +73,13 @@ pub async fn upgrade(
         Ok(permit) => permit,
         Err(refusal) => return refusal.into_response(),
     };
-    let mode = if ws
-        .requested_protocols()
-        .any(|p| p.as_bytes() == SUBPROTOCOL_V1.as_bytes())
-    {
+    let mode = if requested_protocols(&headers).any(|p| p == SUBPROTOCOL_V1) {
         Mode::V1
     } else {
         Mode::Compat
     };
     // The origin check, then who the client is: a verified token (auth = jwt) or `?name=`.
-    let offered: Vec<&str> = ws
-        .requested_protocols()
-        .filter_map(|p| p.to_str().ok())
-        .collect();
+    let offered: Vec<&str> = requested_protocols(&headers).collect();
     let admitted = match state.guard.admit(&headers, &params, &offered, mode) {
         Ok(admitted) => admitted,
         Err(refusal) => return refusal.into_response(),
@@ -94,22 +97,28 @@ pub async fn upgrade(
         session.restrict_rooms(rooms);
     }
     let config = &state.config;
-    ws.protocols([SUBPROTOCOL_V1])
-        .max_frame_size(config.max_frame_bytes)
-        .max_message_size(config.max_message_bytes)
+    let socket_config = WebSocketConfig::default()
+        .max_frame_size(Some(config.max_frame_bytes))
+        .max_message_size(Some(config.max_message_bytes))
         // A small read buffer keeps idle connections cheap (it grows for large messages), and
         // tungstenite zeroes it on every read attempt, once per loop iteration here.
-        .read_buffer_size(1024)
-        .on_upgrade(move |socket| serve_connection(socket, state, session, permit))
+        .read_buffer_size(1024);
+    // Only dynamowave.v1 is ever selected, never a token.
+    let protocol = (mode == Mode::V1).then_some(SUBPROTOCOL_V1);
+    ws.accept(protocol, socket_config, move |socket| {
+        serve_connection(socket, state, session, permit)
+    })
 }
 
-/// Writes to the socket for the handlers. `feed` buffers; the loop flushes once per batch.
+/// Writes to the socket for the handlers and the fan-out. Frames are gathered in `frames` and
+/// leave in one write per [`flush`](Self::flush); the loop flushes once per wake-up.
 struct SocketOutbox {
-    socket: WebSocket,
+    socket: Socket,
+    frames: FrameWriter,
     write_timeout: Duration,
     /// Posted payloads fed since the last successful flush: not known to be written yet, so
     /// dead-lettered if the connection ends now. Empty (no allocation) for chat traffic.
-    unflushed_posts: Vec<Utf8Bytes>,
+    unflushed_posts: Vec<String>,
     /// Room messages fed since the last successful flush, and the commit time of the oldest:
     /// counted and sampled once per flush (`crate::instruments`), not per frame.
     unflushed_live: u64,
@@ -123,42 +132,43 @@ struct SocketOutbox {
 }
 
 impl SocketOutbox {
-    /// Feeds a queued item: posted payloads are remembered until a flush succeeds.
-    async fn feed_item(
-        &mut self,
-        session: &mut Session,
-        item: Outgoing,
-    ) -> Result<(), Disconnected> {
+    /// Gathers a queued item's frames for the next flush: of a room's commit, the messages this
+    /// connection has not had (a replay may have sent some); posted payloads are remembered
+    /// until a flush succeeds.
+    fn feed_item(&mut self, session: &mut Session, item: Outgoing) {
         match item {
-            Outgoing::Live(d) => {
-                if session.accept_live(&d.room, d.seq) {
-                    self.feed(d.text_for(session.mode).clone()).await?;
-                    self.unflushed_live += 1;
-                    self.oldest_live.get_or_insert(d.committed_at);
+            Outgoing::Live(batch) => {
+                if let Some(delivered) = session.accept_live_run(&batch.room, batch.last_seq()) {
+                    let (frames, count) = batch.frames_after(session.mode, delivered);
+                    self.frames.push(frames);
+                    self.frames_out += count as u64;
+                    self.unflushed_live += count as u64;
+                    self.oldest_live.get_or_insert(batch.committed_at);
                 }
-                Ok(())
             }
-            Outgoing::Direct(text) => self.feed(text).await,
-            Outgoing::Posted(text) => {
-                self.unflushed_posts.push(text.clone());
-                self.feed(text).await
-            }
-        }
-    }
-
-    async fn feed(&mut self, text: Utf8Bytes) -> Result<(), Disconnected> {
-        match tokio::time::timeout(self.write_timeout, self.socket.feed(Message::Text(text))).await
-        {
-            Ok(Ok(())) => {
+            Outgoing::Direct(frame) => {
+                self.frames.push(Bytes::clone(&frame));
                 self.frames_out += 1;
-                Ok(())
             }
-            _ => Err(Disconnected),
+            Outgoing::Posted(posted) => {
+                let Posted { text, frame } = *posted;
+                self.frames.push(frame);
+                self.unflushed_posts.push(text);
+                self.frames_out += 1;
+            }
         }
     }
 
+    /// Writes everything gathered, in one `writev` where it fits.
     async fn flush(&mut self) -> Result<(), Disconnected> {
-        match tokio::time::timeout(self.write_timeout, self.socket.flush()).await {
+        let (socket, frames) = (&mut self.socket, &mut self.frames);
+        let write = async {
+            // tungstenite may hold a pong or a close reply: it leaves whole first, so that no
+            // frame of ours can split it.
+            socket.flush().await.map_err(drop)?;
+            frames.write_to(socket.get_mut()).await.map_err(drop)
+        };
+        match tokio::time::timeout(self.write_timeout, write).await {
             Ok(Ok(())) => {
                 self.unflushed_posts.clear();
                 if let Some(oldest) = self.oldest_live.take() {
@@ -188,7 +198,7 @@ impl SocketOutbox {
     async fn close(&mut self, code: u16, reason: &str) {
         self.closed_with = Some(("server", code, reason.to_owned()));
         let frame = CloseFrame {
-            code,
+            code: CloseCode::from(code),
             reason: reason.into(),
         };
         let sent = tokio::time::timeout(
@@ -198,7 +208,7 @@ impl SocketOutbox {
         .await;
         if matches!(sent, Ok(Ok(()))) {
             let _ = tokio::time::timeout(CLOSE_LINGER, async {
-                while let Some(Ok(frame)) = self.socket.recv().await {
+                while let Some(Ok(frame)) = self.socket.next().await {
                     if matches!(frame, Message::Close(_)) {
                         break;
                     }
@@ -212,15 +222,19 @@ impl SocketOutbox {
 #[async_trait]
 impl Outbox for SocketOutbox {
     async fn send_text(&mut self, text: String) -> Result<(), Disconnected> {
-        self.feed(text.into()).await
+        self.frames.push(wire::text_frame(&text));
+        self.frames_out += 1;
+        // A long reply (a replay of many pages) is written as it goes, not held whole.
+        if self.frames.buffered() >= WRITE_AHEAD_BYTES {
+            self.flush().await?;
+        }
+        Ok(())
     }
 }
 
 /// True when a read error is tungstenite refusing a frame or message over the limits.
-fn is_too_large(e: &axum::Error) -> bool {
-    std::error::Error::source(e)
-        .and_then(|s| s.downcast_ref::<tungstenite::Error>())
-        .is_some_and(|e| matches!(e, tungstenite::Error::Capacity(_)))
+fn is_too_large(e: &tungstenite::Error) -> bool {
+    matches!(e, tungstenite::Error::Capacity(_))
 }
 
 /// One connection's task: `$connect`, the read/write loop, `$disconnect`. `permit` is the
@@ -230,7 +244,7 @@ fn is_too_large(e: &axum::Error) -> bool {
 /// fn moves its arguments into locals and keeps both copies in the task for its whole life
 /// (rust-lang/rust#62958), which idle connections would pay for (the socket alone is ~370 bytes).
 pub fn serve_connection(
-    socket: WebSocket,
+    socket: Socket,
     state: AppState,
     mut session: Session,
     permit: ConnectionPermit,
@@ -241,6 +255,7 @@ pub fn serve_connection(
     let mut shutting_down = state.shutting_down.clone();
     let mut out = SocketOutbox {
         socket,
+        frames: FrameWriter::default(),
         write_timeout: state.config.write_timeout(),
         unflushed_posts: Vec::new(),
         unflushed_live: 0,
@@ -340,8 +355,8 @@ async fn dead_letter_unsent(
     outbound.close();
     let mut unsent = std::mem::take(&mut out.unflushed_posts);
     while let Ok(item) = outbound.try_recv() {
-        if let Outgoing::Posted(text) = item {
-            unsent.push(text);
+        if let Outgoing::Posted(posted) = item {
+            unsent.push(posted.text);
         }
     }
     if unsent.is_empty() {
@@ -371,7 +386,11 @@ async fn drain(
     outbound: &mut mpsc::Receiver<Outgoing>,
 ) -> Result<(), Disconnected> {
     while let Ok(item) = outbound.try_recv() {
-        out.feed_item(session, item).await?;
+        out.feed_item(session, item);
+        // A long backlog is written as it goes.
+        if out.frames.buffered() >= WRITE_AHEAD_BYTES {
+            out.flush().await?;
+        }
     }
     out.flush().await
 }
@@ -450,22 +469,19 @@ async fn read_write_loop(
             }
             item = outbound.recv() => {
                 let Some(item) = item else { return };
-                let mut next = Some(item);
-                let mut written = 0;
-                while let Some(item) = next.take() {
-                    if out.feed_item(session, item).await.is_err() {
-                        return;
-                    }
-                    written += 1;
-                    if written < WRITE_BATCH {
-                        next = outbound.try_recv().ok();
+                out.feed_item(session, item);
+                // Whatever else is queued leaves in the same write.
+                for _ in 1..WRITE_BATCH {
+                    match outbound.try_recv() {
+                        Ok(item) => out.feed_item(session, item),
+                        Err(_) => break,
                     }
                 }
                 if out.flush().await.is_err() {
                     return;
                 }
             }
-            frame = out.socket.recv() => {
+            frame = out.socket.next() => {
                 // Text and binary frames take a token; pings, pongs and closes do not. A frame
                 // over the rate is not handled: the client is told when to send it again.
                 if let Some(Ok(data @ (Message::Text(_) | Message::Binary(_)))) = &frame {
@@ -515,11 +531,13 @@ async fn read_write_loop(
                         session.touch();
                         Ok(())
                     }
+                    // tungstenite only returns whole messages when reading.
+                    Some(Ok(Message::Frame(_))) => Ok(()),
                     Some(Ok(Message::Close(frame))) => {
                         out.closed_with = Some((
                             "client",
                             // 1005: no status code in the client's close frame.
-                            frame.map_or(1005, |f| f.code),
+                            frame.map_or(1005, |f| u16::from(f.code)),
                             String::new(),
                         ));
                         // tungstenite queued the close reply; send it so the client sees a

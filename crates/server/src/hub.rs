@@ -1,18 +1,20 @@
 //! The in-process fan-out: which live connections are in which room, and delivery of every
 //! committed message to them.
 //!
-//! The hub is the message log's [`CommitListener`]: after each commit it serializes a message
-//! once per wire form (a v1 `message` envelope, and the raw text for compat clients) and gives
-//! every member a cheap clone through the member's bounded queue. A member whose queue is full
-//! is a slow consumer: it is closed with 1013 and can resume from history. Nothing here ever
-//! blocks or grows without bound.
+//! The hub is the message log's [`CommitListener`]: after each commit it encodes the batch's
+//! messages of each room once per wire form (a v1 `message` envelope, and the raw text for
+//! compat clients), as complete WebSocket frames in one buffer ([`RoomBatch`], `crate::wire`),
+//! and gives every member of the room one cheap clone of it through the member's bounded queue:
+//! one queue item, one wake-up and one write per member per commit, however many messages the
+//! commit held. A member whose queue is full is a slow consumer: it is closed with 1013 and can
+//! resume from history. Nothing here ever blocks or grows without bound.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Instant;
 
-use axum::extract::ws::Utf8Bytes;
+use bytes::Bytes;
 use dynamowave_core::error::close_code;
 use dynamowave_core::ports::{
     CommitListener, ConnectionDescription, LocalConnections, PostError, RoomMembership, StoreError,
@@ -23,38 +25,85 @@ use dynamowave_core::protocol::{
 use dynamowave_core::{ConnectionId, RoomId, Seq, UserName};
 use tokio::sync::{Notify, mpsc};
 
-/// What a connection's queue carries.
+use crate::wire::{self, FrameRun};
+
+/// What a connection's queue carries. Every variant is one pointer: the queue's slots are
+/// allocated per connection, idle or not.
 #[derive(Debug)]
 pub enum Outgoing {
-    /// A committed room message, shared by every recipient.
-    Live(Arc<Delivery>),
-    /// A frame for this connection only that may be lost with it (presence).
-    Direct(Utf8Bytes),
+    /// The committed messages of one room from one commit, shared by every recipient.
+    Live(Arc<RoomBatch>),
+    /// An encoded frame that may be lost with the connection (presence), shared by the room.
+    Direct(Arc<Bytes>),
     /// A `POST /@connections/{id}` payload: dead-lettered if the connection ends before it is
     /// written and flushed.
-    Posted(Utf8Bytes),
+    Posted(Box<Posted>),
 }
 
-/// One committed message in both wire forms, built once per commit.
+/// A posted payload: its text (kept for the dead-letter queue) and its encoded frame.
 #[derive(Debug)]
-pub struct Delivery {
+pub struct Posted {
+    pub text: String,
+    pub frame: Bytes,
+}
+
+/// The messages of one room from one commit, in seq order, encoded once per wire form.
+#[derive(Debug)]
+pub struct RoomBatch {
     pub room: RoomId,
-    pub seq: Seq,
-    /// The v1 `message` envelope; empty when the room had no v1 member.
-    pub v1: Utf8Bytes,
-    /// The raw text compat clients get; empty when the room had no compat member.
-    pub compat: Utf8Bytes,
-    /// When the fan-out got the commit (one clock read per batch), for
+    seqs: Box<[Seq]>,
+    /// The v1 `message` envelopes' frames; empty when the room had no v1 member.
+    v1: FrameRun,
+    /// The raw texts compat clients get; empty when the room had no compat member.
+    compat: FrameRun,
+    /// When the fan-out got the commit (one clock read per commit), for
     /// `dynamowave_delivery_latency_seconds`.
     pub committed_at: Instant,
 }
 
-impl Delivery {
-    pub fn text_for(&self, mode: Mode) -> &Utf8Bytes {
-        match mode {
+impl RoomBatch {
+    fn encode(
+        messages: &[&Arc<ChatMessage>],
+        forms: (bool, bool),
+        committed_at: Instant,
+    ) -> RoomBatch {
+        let (has_v1, has_compat) = forms;
+        let v1 = if has_v1 {
+            let envelopes: Vec<String> = messages
+                .iter()
+                .map(|m| ServerFrame::Message((*m).clone()).to_json())
+                .collect();
+            FrameRun::encode(envelopes.iter().map(String::as_str))
+        } else {
+            FrameRun::default()
+        };
+        let compat = if has_compat {
+            FrameRun::encode(messages.iter().map(|m| m.data.as_str()))
+        } else {
+            FrameRun::default()
+        };
+        RoomBatch {
+            room: messages[0].room.clone(),
+            seqs: messages.iter().map(|m| m.seq).collect(),
+            v1,
+            compat,
+            committed_at,
+        }
+    }
+
+    /// The seq of the batch's last message.
+    pub fn last_seq(&self) -> Seq {
+        self.seqs[self.seqs.len() - 1]
+    }
+
+    /// The frames of the messages past `delivered`, in `mode`'s wire form, and their count.
+    pub fn frames_after(&self, mode: Mode, delivered: Seq) -> (Bytes, usize) {
+        let first = self.seqs.partition_point(|s| *s <= delivered);
+        let run = match mode {
             Mode::V1 => &self.v1,
             Mode::Compat => &self.compat,
-        }
+        };
+        (run.from(first), self.seqs.len() - first)
     }
 }
 
@@ -113,9 +162,13 @@ impl ConnectionHandle {
     }
 
     /// Queues a posted payload for this connection alone; see [`Outgoing::Posted`].
-    pub fn post(&self, text: Utf8Bytes) -> Result<(), SendError> {
+    pub fn post(&self, text: &str) -> Result<(), SendError> {
+        let posted = Posted {
+            text: text.to_owned(),
+            frame: wire::text_frame(text),
+        };
         self.queue
-            .try_send(Outgoing::Posted(text))
+            .try_send(Outgoing::Posted(Box::new(posted)))
             .map_err(|e| match e {
                 mpsc::error::TrySendError::Full(_) => SendError::Full,
                 mpsc::error::TrySendError::Closed(_) => SendError::Gone,
@@ -185,11 +238,14 @@ pub enum SendError {
     Gone,
 }
 
+/// A room's members on this node.
+type Members = Vec<Arc<ConnectionHandle>>;
+
 /// The fan-out hub. See the module docs.
 #[derive(Default)]
 pub struct Hub {
     connections: RwLock<HashMap<ConnectionId, Arc<ConnectionHandle>>>,
-    rooms: RwLock<HashMap<RoomId, Vec<Arc<ConnectionHandle>>>>,
+    rooms: RwLock<HashMap<RoomId, Members>>,
 }
 
 // A panic elsewhere cannot leave these maps half-updated (every change is one insert or
@@ -285,22 +341,22 @@ impl RoomMembership for Hub {
         let Some(members) = rooms.get(room) else {
             return;
         };
-        let mut text: Option<Utf8Bytes> = None;
+        let mut frame: Option<Arc<Bytes>> = None;
         for m in members
             .iter()
             .filter(|m| m.mode == Mode::V1 && m.id != *connection)
         {
-            let text = text.get_or_insert_with(|| {
-                ServerFrame::Presence {
+            let frame = frame.get_or_insert_with(|| {
+                let text = ServerFrame::Presence {
                     room: room.clone(),
                     event,
                     user: user.clone(),
                     connection_id: connection.clone(),
                 }
-                .to_json()
-                .into()
+                .to_json();
+                Arc::new(wire::text_frame(&text))
             });
-            m.deliver(Outgoing::Direct(text.clone()));
+            m.deliver(Outgoing::Direct(frame.clone()));
         }
     }
 }
@@ -310,7 +366,7 @@ impl RoomMembership for Hub {
 impl LocalConnections for Hub {
     fn post(&self, id: &ConnectionId, text: String) -> Result<(), PostError> {
         let handle = self.connection(id).ok_or(PostError::Gone)?;
-        handle.post(Utf8Bytes::from(text)).map_err(|e| match e {
+        handle.post(&text).map_err(|e| match e {
             SendError::Full => PostError::Full,
             SendError::Gone => PostError::Gone,
         })
@@ -337,10 +393,20 @@ impl CommitListener for Hub {
     fn committed(&self, messages: &[Arc<ChatMessage>]) {
         let rooms = read(&self.rooms);
         let committed_at = Instant::now();
+        // The batch's messages by room, in seq order; rooms with nobody here are skipped. A
+        // commit holds few rooms, so a list beats a map.
+        let mut by_room: Vec<(&Members, Vec<&Arc<ChatMessage>>)> = Vec::new();
         for message in messages {
-            let Some(members) = rooms.get(&message.room) else {
-                continue;
-            };
+            if let Some((_, batch)) = by_room
+                .iter_mut()
+                .find(|(_, batch)| batch[0].room == message.room)
+            {
+                batch.push(message);
+            } else if let Some(members) = rooms.get(&message.room) {
+                by_room.push((members, vec![message]));
+            }
+        }
+        for (members, messages) in by_room {
             // Which wire forms this room needs: one pass, stopping once both are seen.
             let (mut has_v1, mut has_compat) = (false, false);
             for m in members {
@@ -352,24 +418,69 @@ impl CommitListener for Hub {
                     break;
                 }
             }
-            let delivery = Arc::new(Delivery {
-                room: message.room.clone(),
-                seq: message.seq,
-                v1: if has_v1 {
-                    ServerFrame::Message(message.clone()).to_json().into()
-                } else {
-                    Utf8Bytes::default()
-                },
-                compat: if has_compat {
-                    message.data.clone().into()
-                } else {
-                    Utf8Bytes::default()
-                },
+            let batch = Arc::new(RoomBatch::encode(
+                &messages,
+                (has_v1, has_compat),
                 committed_at,
-            });
+            ));
             for member in members {
-                member.deliver(Outgoing::Live(delivery.clone()));
+                member.deliver(Outgoing::Live(batch.clone()));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dynamowave_core::UserName;
+
+    fn message(room: &str, seq: u64, data: &str) -> Arc<ChatMessage> {
+        Arc::new(ChatMessage {
+            room: RoomId::parse(room).unwrap(),
+            seq: Seq(seq),
+            id: format!("id-{seq}"),
+            user: UserName::parse("ann").unwrap(),
+            data: data.to_owned(),
+            ts: 1,
+        })
+    }
+
+    #[test]
+    fn a_batch_gives_each_member_the_messages_it_has_not_had() {
+        let messages = [
+            message("r", 4, "d"),
+            message("r", 5, "e"),
+            message("r", 6, "f"),
+        ];
+        let refs: Vec<_> = messages.iter().collect();
+        let batch = RoomBatch::encode(&refs, (true, true), Instant::now());
+        assert_eq!(batch.last_seq(), Seq(6));
+        let (frames, n) = batch.frames_after(Mode::Compat, Seq(3));
+        assert_eq!(
+            (frames, n),
+            (FrameRun::encode(["d", "e", "f"].into_iter()).from(0), 3)
+        );
+        let (frames, n) = batch.frames_after(Mode::Compat, Seq(5));
+        assert_eq!((frames, n), (wire::text_frame("f"), 1));
+        let (frames, n) = batch.frames_after(Mode::V1, Seq(5));
+        let v1 = ServerFrame::Message(messages[2].clone()).to_json();
+        assert_eq!((frames, n), (wire::text_frame(&v1), 1));
+        let (frames, n) = batch.frames_after(Mode::V1, Seq(6));
+        assert!(frames.is_empty() && n == 0);
+    }
+
+    #[test]
+    fn a_room_without_compat_members_encodes_no_compat_frames() {
+        let messages = [message("r", 1, "a")];
+        let refs: Vec<_> = messages.iter().collect();
+        let batch = RoomBatch::encode(&refs, (true, false), Instant::now());
+        assert!(batch.frames_after(Mode::Compat, Seq(0)).0.is_empty());
+        assert!(!batch.frames_after(Mode::V1, Seq(0)).0.is_empty());
+    }
+
+    #[test]
+    fn queue_items_are_two_words() {
+        assert_eq!(std::mem::size_of::<Outgoing>(), 16);
     }
 }

@@ -10,9 +10,11 @@
 //! - [`config`]: [`ServerConfig`] and its TOML form.
 //! - [`gateway`]: `GET /ws`: the upgrade (identity, mode, limits) and the connection task that
 //!   reads frames into the core's handlers and writes the outbound queue to the socket.
+//! - [`upgrade`]: the WebSocket handshake, done here so the connection task owns the socket.
 //! - [`hub`]: the in-process fan-out: room membership, one bounded queue per connection, and
-//!   delivery of each committed message serialized once; also this node's connections as a
-//!   peer reaches them (`LocalConnections`).
+//!   delivery of each commit's messages encoded once per room, one queue item per member; also
+//!   this node's connections as a peer reaches them (`LocalConnections`).
+//! - [`wire`]: server frames encoded once (header and payload) and written many per `writev`.
 //! - [`identity`]: who may open a WebSocket, before the upgrade: the origin check and
 //!   authentication (JWT on `$connect`: its `sub` is the user, its `rooms` claim the rooms).
 //! - [`api`]: the management API: `/@connections/{id}` as in API Gateway (this node's hub
@@ -45,7 +47,9 @@ pub mod limits;
 pub mod listener;
 pub mod telemetry;
 pub mod tls;
+pub mod upgrade;
 pub mod web;
+pub mod wire;
 
 pub use app::{AppState, Server, ServerError, router, run};
 pub use config::ServerConfig;

@@ -122,12 +122,16 @@ impl Session {
     /// Decides whether a live message should be written: only in a joined room and only past what
     /// was already delivered there (a replay may have sent it).
     pub fn accept_live(&mut self, room: &RoomId, seq: Seq) -> bool {
+        self.accept_live_run(room, seq).is_some()
+    }
+
+    /// [`accept_live`](Self::accept_live) for a run of live messages of `room` in seq order,
+    /// the last of which is `last`: the seq past which the run is new to this connection, or
+    /// `None` when none of it is (or the room is not joined). `last` is then delivered.
+    pub fn accept_live_run(&mut self, room: &RoomId, last: Seq) -> Option<Seq> {
         match self.rooms.iter_mut().find(|(r, _)| r == room) {
-            Some((_, last)) if seq > *last => {
-                *last = seq;
-                true
-            }
-            _ => false,
+            Some((_, delivered)) if last > *delivered => Some(std::mem::replace(delivered, last)),
+            _ => None,
         }
     }
 

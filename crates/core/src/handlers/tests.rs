@@ -149,6 +149,10 @@ async fn join_after_replays_then_filters_live_duplicates() {
         !late.accept_live(&RoomId::parse("other").unwrap(), Seq(1)),
         "not a member"
     );
+    // A run of 5..=9 overlapping what was delivered: new past 6, and 9 is delivered now.
+    assert_eq!(late.accept_live_run(&r, Seq(9)), Some(Seq(6)));
+    assert_eq!(late.accept_live_run(&r, Seq(9)), None, "the same run again");
+    assert!(late.accept_live(&r, Seq(10)));
 }
 
 #[tokio::test]

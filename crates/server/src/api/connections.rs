@@ -59,7 +59,7 @@ pub async fn post(
             Err(PostError::Gone) => dead_letter_gone(&state, &id, text).await,
         };
     };
-    match handle.post(text.clone()) {
+    match handle.post(text.as_str()) {
         Ok(()) => Ok(StatusCode::OK.into_response()),
         Err(SendError::Gone) => dead_letter_gone(&state, &id, text).await,
         Err(SendError::Full) => Err(full(&id)),
