@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Compares DynamoWave with three ordinary chat servers that speak the same compat protocol (the
-# AWS serverless-chat sample; see bench/peers/): axum-broadcast, node-ws, python-websockets.
+# Compares DynamoWave with four ordinary chat servers that speak the same compat protocol (the
+# AWS serverless-chat sample; see bench/peers/): uwebsockets, axum-broadcast, node-ws,
+# python-websockets.
 # Each server is started on a free loopback port, loaded with `dynamowave bench` at every point
 # of the list below, and stopped. Raw JSON goes to bench/results/, a Markdown report between the
 # markers of docs/benchmarks.md.
@@ -9,7 +10,8 @@
 #                         [--doc FILE]
 #   --quick        tiny points, to test this script; the report then goes to
 #                  bench/results/quick-benchmarks.md unless --doc is given
-#   --servers      comma-separated subset, in order: dynamowave,axum-broadcast,node-ws,python-websockets
+#   --servers      comma-separated subset, in order:
+#                  dynamowave,uwebsockets,axum-broadcast,node-ws,python-websockets
 #   --point        replaces the point list (repeatable): a name and `dynamowave bench` arguments,
 #                  e.g. --point 'fanout-100|fanout --members 100 --senders 5 --rate 10 --duration 5'
 #   --skip-build   use the binaries as they are (no cargo build)
@@ -32,7 +34,7 @@ cd "$(dirname "$0")/.."
 POINTS=(
     "fanout-1000m-10s-20r|fanout --members 1000 --senders 10 --rate 20 --duration 10"
     "fanout-2000m-20s-20r|fanout --members 2000 --senders 20 --rate 20 --duration 10"
-    "saturate-500m-10s-200r|fanout --members 500 --senders 10 --rate 200 --duration 10"
+    "saturate-500m-10s-400r|fanout --members 500 --senders 10 --rate 400 --duration 10"
     "connect-5000c-64|connect --connections 5000 --concurrency 64"
     "idle-15000|idle --connections 15000 --hold 10"
 )
@@ -41,7 +43,7 @@ QUICK_POINTS=(
     "connect-200c-16|connect --connections 200 --concurrency 16"
     "idle-200|idle --connections 200 --hold 2"
 )
-ALL_SERVERS=(dynamowave axum-broadcast node-ws python-websockets)
+ALL_SERVERS=(dynamowave uwebsockets axum-broadcast node-ws python-websockets)
 BASELINE=node-ws
 # ---------------------------------------------------------------------------------------------
 
@@ -196,6 +198,15 @@ if [ ! -f bench/peers/node-ws/node_modules/ws/package.json ] \
 fi
 COMMANDS+=("# setup (each step runs only when needed)" "(cd bench/peers/node-ws && npm ci)")
 
+if [[ " ${SERVERS[*]} " == *" uwebsockets "* ]]; then
+    if [ ! -f bench/peers/uwebsockets/node_modules/uwebsockets/package.json ] \
+        || [ bench/peers/uwebsockets/package-lock.json -nt bench/peers/uwebsockets/node_modules/.package-lock.json ]; then
+        note "npm ci (uwebsockets)"
+        (cd bench/peers/uwebsockets && npm ci --no-audit --no-fund --silent) >&2
+    fi
+    COMMANDS+=("(cd bench/peers/uwebsockets && npm ci)")
+fi
+
 if [ ! -x "$VENV/bin/python" ]; then
     note "python venv at $VENV"
     python3 -m venv "$VENV"
@@ -235,6 +246,7 @@ start_server() {
     case $name in
         dynamowave)
             cmd=("$DW_BIN" serve --messages-per-second 0 --max-connections 0 --listen "127.0.0.1:$port" --data-dir "$(mktemp -d "$WORK/dynamowave-data.XXXXXX")") ;;
+        uwebsockets) cmd=(env "PORT=$port" node bench/peers/uwebsockets/server.js) ;;
         axum-broadcast) cmd=(env "PORT=$port" "$AXUM_BIN") ;;
         node-ws) cmd=(env "PORT=$port" node bench/peers/node-ws/server.js) ;;
         python-websockets) cmd=(env "PORT=$port" "$VENV/bin/python" bench/peers/python-websockets/server.py) ;;
@@ -287,7 +299,11 @@ point_timeout() {
     }'
 }
 
-declare -A STATUS=() FILE=() ARGS_USED=() PROTO=()
+declare -A STATUS=() FILE=() ARGS_USED=() PROTO=() CPU=()
+
+# CPU time (user + system, every thread) a process has used, in clock ticks.
+CLK_TCK=$(getconf CLK_TCK)
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo ""; }
 
 # ---------------------------------------------------------------------------------------------
 for server in "${SERVERS[@]}"; do
@@ -334,11 +350,17 @@ for server in "${SERVERS[@]}"; do
         log="$RESULTS/$STAMP-$server-$name.log"
         note "$name: $args"
         rc=0
+        # The server's CPU over the whole point (connects, warm-up, the measured phase, drain).
+        ticks0=$(cpu_ticks "$SERVER_PID")
         # In the background, so that a signal to this script is handled at once (see cleanup).
         timeout -k 10 "$(point_timeout "$args")" "${cmd[@]}" >"$WORK/stdout" 2>"$log" &
         BENCH_PID=$!
         wait "$BENCH_PID" || rc=$?
         BENCH_PID=""
+        ticks1=$(cpu_ticks "$SERVER_PID")
+        if [ -n "$ticks0" ] && [ -n "$ticks1" ]; then
+            CPU[$key]=$(awk -v a="$ticks0" -v b="$ticks1" -v t="$CLK_TCK" 'BEGIN { printf "%.2f", (b - a) / t }')
+        fi
         # The bench prints one JSON object on stdout; keep the last line that is one.
         : >"$out"
         while IFS= read -r line; do
@@ -377,6 +399,8 @@ ver_axum=$(awk '/^name = "axum"$/ { getline; sub(/version = /, ""); gsub(/"/, ""
 ver_tokio=$(awk '/^name = "tokio"$/ { getline; sub(/version = /, ""); gsub(/"/, ""); print; exit }' \
     bench/peers/axum-broadcast/Cargo.lock 2>/dev/null || true)
 ver_ws=$(node -p 'require("./bench/peers/node-ws/node_modules/ws/package.json").version' 2>/dev/null || echo "?")
+ver_uws=$(node -p 'require("./bench/peers/uwebsockets/node_modules/uwebsockets/package.json").version' 2>/dev/null || echo "?")
+uws_commit=$(head -c 12 bench/peers/uwebsockets/node_modules/uwebsockets/source_commit 2>/dev/null || echo "?")
 ver_node=$(node --version 2>/dev/null || echo "?")
 ver_websockets=$("$VENV/bin/python" -c 'import websockets; print(websockets.__version__)' 2>/dev/null || echo "?")
 ver_python=$("$VENV/bin/python" -c 'import platform; print(platform.python_version())' 2>/dev/null || echo "?")
@@ -405,6 +429,7 @@ section="$WORK/section.md"
     for s in "${SERVERS[@]}"; do
         case $s in
             dynamowave) echo "  - **dynamowave**: commit $commit, rustc $ver_rustc, \`serve\` with a fresh temporary \`--data-dir\`, compat protocol." ;;
+            uwebsockets) echo "  - **uwebsockets** (\`bench/peers/uwebsockets\`): Node.js $ver_node, uWebSockets.js from the npm package uwebsockets $ver_uws (its source_commit ${uws_commit:-?}), one topic and \`app.publish\` (maxBackpressure 64 MiB)." ;;
             axum-broadcast) echo "  - **axum-broadcast** (\`bench/peers/axum-broadcast\`): axum ${ver_axum:-?}, tokio ${ver_tokio:-?}, one \`tokio::sync::broadcast\` channel (capacity 1024; a lagging client skips messages)." ;;
             node-ws) echo "  - **node-ws** (\`bench/peers/node-ws\`): Node.js $ver_node, ws $ver_ws, \`wss.clients.forEach(send)\`." ;;
             python-websockets) echo "  - **python-websockets** (\`bench/peers/python-websockets\`): Python $ver_python, websockets $ver_websockets, \`websockets.broadcast\`." ;;
@@ -418,6 +443,9 @@ section="$WORK/section.md"
     echo "- Latencies are from send to receipt, measured by the load generator, in milliseconds;"
     echo "  the delivery ratio is deliveries received / deliveries expected (every member gets every"
     echo "  message). \"× $BASELINE\" divides a server's figure by the $BASELINE peer's."
+    echo "- Server CPU is the server process's user + system time (every thread, \`/proc/PID/stat\`)"
+    echo "  over the whole point: connecting, warm-up, the measured phase and the drain; per delivery"
+    echo "  it is that time divided by the deliveries received."
     echo "- Raw results: \`bench/results/$STAMP-<server>-<point>.json\` (not committed)."
     echo
     echo "Commands run:"
@@ -458,15 +486,17 @@ section="$WORK/section.md"
                 done
                 ;;
             *)
-                echo "| server | deliveries/s | delivery ratio | p50 | p99 | p999 | max (ms) | errors (connect failures) | deliveries/s × $BASELINE |"
-                echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+                echo "| server | deliveries/s | delivery ratio | p50 | p99 | p999 | max (ms) | errors (connect failures) | server CPU (s) | CPU per delivery (µs) | deliveries/s × $BASELINE |"
+                echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
                 base=""
                 [ -n "${FILE[$BASELINE|$name]:-}" ] && base=$(jv "${FILE[$BASELINE|$name]}" .deliveries_per_sec)
                 for s in "${SERVERS[@]}"; do
                     f=${FILE[$s|$name]:-}
-                    if [ -z "$f" ]; then echo "| $s$(args_note "$s" "$name" "$args") | $(failed_cell "$s" "$name") | | | | | | | |"; continue; fi
+                    if [ -z "$f" ]; then echo "| $s$(args_note "$s" "$name" "$args") | $(failed_cell "$s" "$name") | | | | | | | | | |"; continue; fi
                     dps=$(jv "$f" .deliveries_per_sec)
-                    echo "| $s$(args_note "$s" "$name" "$args") | $(fmt "$dps" %.0f) | $(fmt "$(jv "$f" .delivery_ratio)" %.4f) | $(ms "$(jv "$f" .latency_us.p50)") | $(ms "$(jv "$f" .latency_us.p99)") | $(ms "$(jv "$f" .latency_us.p999)") | $(ms "$(jv "$f" .latency_us.max)") | $(jv "$f" .errors) ($(jv "$f" .connect_failures)) | $(ratio "$dps" "${base:-n/a}") |"
+                    cpu_s=${CPU[$s|$name]:-}
+                    per_delivery=$(awk -v c="$cpu_s" -v d="$(jv "$f" .delivered)" 'BEGIN { if (c != "" && d > 0) printf "%.2f", c * 1e6 / d; else printf "n/a" }')
+                    echo "| $s$(args_note "$s" "$name" "$args") | $(fmt "$dps" %.0f) | $(fmt "$(jv "$f" .delivery_ratio)" %.4f) | $(ms "$(jv "$f" .latency_us.p50)") | $(ms "$(jv "$f" .latency_us.p99)") | $(ms "$(jv "$f" .latency_us.p999)") | $(ms "$(jv "$f" .latency_us.max)") | $(jv "$f" .errors) ($(jv "$f" .connect_failures)) | ${cpu_s:-n/a} | $per_delivery | $(ratio "$dps" "${base:-n/a}") |"
                 done
                 ;;
         esac

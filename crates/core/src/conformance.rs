@@ -358,6 +358,44 @@ where
     );
     let next = log.append(msg("d", "ann", "m7", "m7")).await.unwrap();
     assert_eq!(next.message.seq, Seq(7), "no seq is reused");
+
+    // Appends queued one after another commit in that order (for a log that queues them; the
+    // others give every message back), duplicates included, and as `append` would.
+    let (log, listener) = fresh().await;
+    let mut queued = Vec::new();
+    let mut given_back = 0;
+    for i in 1..=50 {
+        // The 26th repeats the 5th's id: a duplicate of it.
+        let id = if i == 26 {
+            "q5".to_owned()
+        } else {
+            format!("q{i}")
+        };
+        match log.queue_append(msg("q", "ann", &id, &format!("m{i}"))) {
+            Ok(commit) => queued.push(commit),
+            Err(message) => {
+                given_back += 1;
+                assert_eq!(message.id, id, "the message comes back whole");
+            }
+        }
+    }
+    if given_back == 0 {
+        let mut results = Vec::new();
+        for commit in queued {
+            results.push(commit.await.unwrap());
+        }
+        let committed: Vec<u64> = results.iter().map(|a| a.message.seq.0).collect();
+        let mut expected: Vec<u64> = (1..=25).chain([5]).chain(26..=49).collect();
+        assert_eq!(committed, expected, "queue order is commit order");
+        assert!(results[25].duplicate && !results[24].duplicate);
+        expected.remove(25);
+        assert_eq!(seqs(&listener.wait_for(49).await), expected);
+    } else {
+        assert_eq!(
+            given_back, 50,
+            "a log queues every append or none while idle"
+        );
+    }
 }
 
 fn record(id: &str, name: &str) -> ConnectionRecord {

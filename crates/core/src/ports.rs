@@ -1,6 +1,8 @@
 //! The ports: what the core needs from a deployment shape. The embedded server implements them
 //! with SQLite and an in-process fan-out hub; the cluster and AWS shapes implement the same.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -26,6 +28,9 @@ pub struct Appended {
     pub duplicate: bool,
 }
 
+/// The commit of an append queued with [`MessageLog::queue_append`].
+pub type QueuedAppend = Pin<Box<dyn Future<Output = Result<Appended, StoreError>> + Send>>;
+
 /// What [`MessageLog::delete`] found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Deletion {
@@ -48,10 +53,20 @@ pub enum Deletion {
 ///   commit and before `append` returns, in seq order per room;
 /// - a failed append stores nothing and is safe to retry;
 /// - a deleted message stays as a tombstone: reads skip it, its seq is not reused and its
-///   `(room, user, id)` still deduplicates.
+///   `(room, user, id)` still deduplicates;
+/// - appends queued one after another with `queue_append` commit in that order.
 #[async_trait]
 pub trait MessageLog: Send + Sync + 'static {
     async fn append(&self, message: NewMessage) -> Result<Appended, StoreError>;
+
+    /// Queues an append without waiting for its commit, for a caller that keeps several in
+    /// flight (a connection reading its next frames while the last ones are fsync'd): appends
+    /// queued one after another commit in that order, and the returned future resolves as
+    /// [`append`](Self::append) would. A log that cannot promise that order, or has no room in
+    /// its queue right now, gives the message back, and the caller awaits `append` instead.
+    fn queue_append(&self, message: NewMessage) -> Result<QueuedAppend, NewMessage> {
+        Err(message)
+    }
 
     /// Creates the room if it does not exist; returns its head (last committed seq).
     async fn create_room(&self, room: &RoomId) -> Result<Seq, StoreError>;

@@ -13,7 +13,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use rand::Rng;
 
-use crate::ports::{Appended, Deletion, MessageLog, NewMessage, StoreError};
+use crate::ports::{Appended, Deletion, MessageLog, NewMessage, QueuedAppend, StoreError};
 use crate::protocol::{HistoryQuery, Page};
 use crate::types::{RoomId, Seq};
 
@@ -87,6 +87,26 @@ impl MessageLog for RetryingLog {
     async fn append(&self, message: NewMessage) -> Result<Appended, StoreError> {
         // One copy per message (not per recipient), kept for the retries.
         self.policy.run(|| self.inner.append(message.clone())).await
+    }
+
+    /// A queued append that fails transiently is retried with `append`: it then commits
+    /// after appends queued later (no loss, no duplicate: its id is kept).
+    fn queue_append(&self, message: NewMessage) -> Result<QueuedAppend, NewMessage> {
+        let queued = self.inner.queue_append(message.clone())?;
+        let (inner, policy) = (self.inner.clone(), self.policy);
+        Ok(Box::pin(async move {
+            match queued.await {
+                Err(StoreError::Backend(_)) if policy.attempts > 1 => {
+                    tokio::time::sleep(policy.backoff(1)).await;
+                    let retry = RetryPolicy {
+                        attempts: policy.attempts - 1,
+                        ..policy
+                    };
+                    retry.run(|| inner.append(message.clone())).await
+                }
+                other => other,
+            }
+        }))
     }
 
     async fn create_room(&self, room: &RoomId) -> Result<Seq, StoreError> {

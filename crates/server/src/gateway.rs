@@ -8,7 +8,7 @@
 //! - closes with the right code when asked (slow consumer, `DELETE /@connections`, shutdown,
 //!   oversized frames) and runs `$disconnect` however it ends.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -20,7 +20,9 @@ use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use dynamowave_core::error::close_code;
-use dynamowave_core::handlers::{HandlerError, Session, connect, disconnect, dispatch, send_error};
+use dynamowave_core::handlers::{
+    HandlerError, PendingSend, Session, connect, disconnect, dispatch_ahead, send_error, settle,
+};
 use dynamowave_core::ports::{DeadLetterKind, Disconnected, NewDeadLetter, Outbox};
 use dynamowave_core::protocol::{Identity, Mode, SUBPROTOCOL_V1};
 use dynamowave_core::types::now_ms;
@@ -45,6 +47,9 @@ use crate::wire::{self, FrameWriter};
 const WRITE_BATCH: usize = 64;
 /// A handler's replies (a long replay) are written out once this much is buffered.
 const WRITE_AHEAD_BYTES: usize = 64 * 1024;
+/// Sends a connection may have queued to the log and not committed yet; past this the
+/// connection reads no more frames until the oldest commits (backpressure on the client).
+const MAX_SENDS_IN_FLIGHT: usize = 32;
 /// How long a closing connection waits for the client's close frame.
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
 
@@ -379,12 +384,15 @@ async fn dead_letter_unsent(
     }
 }
 
-/// Writes everything already queued (at shutdown or a requested close).
+/// Writes everything already queued (at shutdown or a requested close), the acks of the sends
+/// in flight first.
 async fn drain(
     session: &mut Session,
     out: &mut SocketOutbox,
     outbound: &mut mpsc::Receiver<Outgoing>,
+    in_flight: &mut VecDeque<PendingSend>,
 ) -> Result<(), Disconnected> {
+    settle(in_flight, out).await?;
     while let Ok(item) = outbound.try_recv() {
         out.feed_item(session, item);
         // A long backlog is written as it goes.
@@ -400,10 +408,13 @@ async fn close_on_request(
     session: &mut Session,
     out: &mut SocketOutbox,
     outbound: &mut mpsc::Receiver<Outgoing>,
+    in_flight: &mut VecDeque<PendingSend>,
     code: u16,
     reason: &str,
 ) {
-    if code != close_code::TRY_AGAIN_LATER && drain(session, out, outbound).await.is_err() {
+    if code != close_code::TRY_AGAIN_LATER
+        && drain(session, out, outbound, in_flight).await.is_err()
+    {
         return;
     }
     out.close(code, reason).await;
@@ -432,20 +443,36 @@ async fn read_write_loop(
     // The connection's frame rate (messages-per-second): one atomic and a strike count.
     let mut gate: FrameGate = state.limiter.frame_gate();
     let frames_received = instruments().frames_received(session.mode);
+    // Sends queued to the log, oldest first (`dispatch_ahead`).
+    let mut in_flight: VecDeque<PendingSend> = VecDeque::new();
     loop {
         // A close requested while this task was busy (say, a slow consumer blocked in a write)
         // goes before anything else; select! alone would pick among ready branches at random.
         if let Some((code, reason)) = handle.close_requested() {
-            Box::pin(close_on_request(session, out, outbound, code, &reason)).await;
+            Box::pin(close_on_request(
+                session,
+                out,
+                outbound,
+                &mut in_flight,
+                code,
+                &reason,
+            ))
+            .await;
             return;
         }
         tokio::select! {
+            committed = async { in_flight.front_mut().expect("not empty").commit().as_mut().await }, if !in_flight.is_empty() => {
+                let sent = in_flight.pop_front().expect("not empty");
+                if sent.finish(committed, out).await.is_err() || out.flush().await.is_err() {
+                    return;
+                }
+            }
             (code, reason) = &mut closed => {
-                Box::pin(close_on_request(session, out, outbound, code, &reason)).await;
+                Box::pin(close_on_request(session, out, outbound, &mut in_flight, code, &reason)).await;
                 return;
             }
             _ = &mut max_age, if config.max_connection_ms > 0 => {
-                Box::pin(close_on_request(session, out, outbound, close_code::GOING_AWAY, "maximum connection duration reached; reconnect")).await;
+                Box::pin(close_on_request(session, out, outbound, &mut in_flight, close_code::GOING_AWAY, "maximum connection duration reached; reconnect")).await;
                 return;
             }
             _ = keepalive.tick() => {
@@ -454,7 +481,7 @@ async fn read_write_loop(
                 let silent_ms = now_ms().saturating_sub(session.last_active.load(Ordering::Relaxed));
                 if silent_ms >= config.idle_timeout_ms {
                     let reason = format!("idle timeout: nothing received for {} s", silent_ms / 1000);
-                    Box::pin(close_on_request(session, out, outbound, close_code::GOING_AWAY, &reason)).await;
+                    Box::pin(close_on_request(session, out, outbound, &mut in_flight, close_code::GOING_AWAY, &reason)).await;
                     return;
                 }
                 if silent_ms >= config.ping_interval_ms / 2 && out.ping().await.is_err() {
@@ -462,7 +489,7 @@ async fn read_write_loop(
                 }
             }
             _ = &mut stopping => {
-                if Box::pin(drain(session, out, outbound)).await.is_ok() {
+                if Box::pin(drain(session, out, outbound, &mut in_flight)).await.is_ok() {
                     out.close(close_code::GOING_AWAY, "server shutting down").await;
                 }
                 return;
@@ -481,7 +508,7 @@ async fn read_write_loop(
                     return;
                 }
             }
-            frame = out.socket.next() => {
+            frame = out.socket.next(), if in_flight.len() < MAX_SENDS_IN_FLIGHT => {
                 // Text and binary frames take a token; pings, pongs and closes do not. A frame
                 // over the rate is not handled: the client is told when to send it again.
                 if let Some(Ok(data @ (Message::Text(_) | Message::Binary(_)))) = &frame {
@@ -496,7 +523,8 @@ async fn read_write_loop(
                                 _ => None,
                             };
                             let e = state.limiter.rate_limited(retry_after_ms);
-                            if send_error(out, id.as_deref(), &e).await.is_err()
+                            if settle(&mut in_flight, out).await.is_err()
+                                || send_error(out, id.as_deref(), &e).await.is_err()
                                 || out.flush().await.is_err()
                             {
                                 return;
@@ -518,10 +546,13 @@ async fn read_write_loop(
                         let _permit = state.limiter.message_permit().await;
                         // Boxed: the handlers' futures are the largest state of this loop,
                         // and inline every idle connection would carry their size.
-                        Box::pin(dispatch(session, services, text.as_str(), out)).await
+                        Box::pin(dispatch_ahead(session, services, text.as_str(), out, &mut in_flight)).await
                     }
                     Some(Ok(Message::Binary(_))) => {
                         session.touch();
+                        if settle(&mut in_flight, out).await.is_err() {
+                            return;
+                        }
                         let e = ChatError::bad_request(
                             "binary frames are not supported: send JSON text frames like {\"action\":\"sendmessage\",\"data\":\"hi\"}",
                         );

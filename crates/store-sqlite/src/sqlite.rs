@@ -18,7 +18,7 @@ use std::thread;
 use async_trait::async_trait;
 use dynamowave_core::ports::{
     Appended, Claim, CommitListener, ConnectionRecord, ConnectionStore, DeadLetter, DeadLetterKind,
-    DeadLetters, Deletion, MessageLog, NewDeadLetter, NewMessage, Purge, StoreError,
+    DeadLetters, Deletion, MessageLog, NewDeadLetter, NewMessage, Purge, QueuedAppend, StoreError,
     StoreLifecycle,
 };
 use dynamowave_core::protocol::{ChatMessage, HistoryQuery, Mode, Page};
@@ -969,6 +969,18 @@ fn message_row(
 impl MessageLog for SqliteStore {
     async fn append(&self, message: NewMessage) -> Result<Appended, StoreError> {
         self.call(|r| Command::Append(message, r)).await
+    }
+
+    /// The writer takes commands in queue order and commits them in that order.
+    fn queue_append(&self, message: NewMessage) -> Result<QueuedAppend, NewMessage> {
+        let Ok(slot) = self.writer.try_reserve() else {
+            return Err(message);
+        };
+        let (reply, answer) = oneshot::channel();
+        slot.send(Command::Append(message, reply));
+        Ok(Box::pin(async move {
+            answer.await.map_err(|_| StoreError::Closed)?
+        }))
     }
 
     async fn create_room(&self, room: &RoomId) -> Result<Seq, StoreError> {

@@ -13,12 +13,14 @@ pub mod leave;
 pub mod members;
 pub mod sendmessage;
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use crate::error::{ChatError, ErrorCode};
 use crate::ports::{
-    ConnectionRecord, ConnectionStore, Disconnected, MessageLog, Outbox, RoomMembership,
+    Appended, ConnectionRecord, ConnectionStore, Disconnected, MessageLog, Outbox, QueuedAppend,
+    RoomMembership, StoreError,
 };
 use crate::protocol::{
     ClientFrame, ConnectionInfo, DecodeError, Identity, Limits, Mode, ServerFrame,
@@ -236,7 +238,17 @@ pub async fn dispatch(
     out: &mut dyn Outbox,
 ) -> Result<(), Disconnected> {
     session.touch();
-    let frame = match ClientFrame::decode(text, session.mode) {
+    let decoded = ClientFrame::decode(text, session.mode);
+    route(session, services, decoded, out).await
+}
+
+async fn route(
+    session: &mut Session,
+    services: &Services,
+    decoded: Result<ClientFrame<'_>, DecodeError>,
+    out: &mut dyn Outbox,
+) -> Result<(), Disconnected> {
+    let frame = match decoded {
         Ok(frame) => frame,
         // API Gateway sends frames it cannot route to $default; compat clients expect that.
         Err(DecodeError::NotJson(_)) if session.mode == Mode::Compat => {
@@ -270,6 +282,107 @@ pub async fn dispatch(
         _ => default::handle(session, out).await,
     };
     finish(result, request_id.as_deref(), out).await
+}
+
+/// A `sendmessage` whose append is queued and not committed yet (see [`dispatch_ahead`]).
+pub struct PendingSend {
+    commit: QueuedAppend,
+    request_id: Option<String>,
+    mode: Mode,
+}
+
+impl PendingSend {
+    /// The commit to await; the oldest send's first.
+    pub fn commit(&mut self) -> &mut QueuedAppend {
+        &mut self.commit
+    }
+
+    /// Writes what the client is owed once the commit is known: its ack (v1), or an error.
+    pub async fn finish(
+        self,
+        result: Result<Appended, StoreError>,
+        out: &mut dyn Outbox,
+    ) -> Result<(), Disconnected> {
+        send_outcome(self.mode, self.request_id.as_deref(), result, out).await
+    }
+}
+
+/// [`dispatch`] for a connection that reads ahead of its commits: a `sendmessage` is queued to
+/// the log (when the log can queue it) and added to `in_flight` rather than awaited, so the
+/// connection reads its next frame while the last ones are made durable, and a sender is not
+/// held to one message per fsync. Anything else first waits for the sends in flight
+/// ([`settle`]), so a client sees what it would if its frames were handled one at a time:
+/// replies in order, and a `history` after a send includes it.
+pub async fn dispatch_ahead(
+    session: &mut Session,
+    services: &Services,
+    text: &str,
+    out: &mut dyn Outbox,
+    in_flight: &mut VecDeque<PendingSend>,
+) -> Result<(), Disconnected> {
+    session.touch();
+    let decoded = ClientFrame::decode(text, session.mode);
+    if let Ok(frame @ ClientFrame::SendMessage { .. }) = decoded {
+        let request_id = frame.request_id().map(str::to_owned);
+        let prepared = session.authorize(&frame).and_then(|()| {
+            let ClientFrame::SendMessage { room, data, id } = frame else {
+                unreachable!("matched as a sendmessage above")
+            };
+            sendmessage::prepare(session, room, data, id)
+        });
+        let message = match prepared {
+            Ok(message) => message,
+            Err(e) => {
+                settle(in_flight, out).await?;
+                return send_error(out, request_id.as_deref(), &e).await;
+            }
+        };
+        let (mode, message) = match services.log.queue_append(message) {
+            Ok(commit) => {
+                in_flight.push_back(PendingSend {
+                    commit,
+                    request_id,
+                    mode: session.mode,
+                });
+                return Ok(());
+            }
+            Err(message) => (session.mode, message),
+        };
+        // The log cannot queue it now: what is in flight first, then as `dispatch` does.
+        settle(in_flight, out).await?;
+        let result = services.log.append(message).await;
+        return send_outcome(mode, request_id.as_deref(), result, out).await;
+    }
+    settle(in_flight, out).await?;
+    route(session, services, decoded, out).await
+}
+
+/// What a client is owed for a send once its commit is known.
+async fn send_outcome(
+    mode: Mode,
+    request_id: Option<&str>,
+    result: Result<Appended, StoreError>,
+    out: &mut dyn Outbox,
+) -> Result<(), Disconnected> {
+    match result {
+        Ok(appended) => match sendmessage::ack(mode, &appended) {
+            Some(ack) => out.send_text(ack).await,
+            None => Ok(()),
+        },
+        Err(e) => send_error(out, request_id, &e.into()).await,
+    }
+}
+
+/// Waits for every send in flight, oldest first, and writes what each client is owed.
+pub async fn settle(
+    in_flight: &mut VecDeque<PendingSend>,
+    out: &mut dyn Outbox,
+) -> Result<(), Disconnected> {
+    while let Some(mut pending) = in_flight.pop_front() {
+        let result = pending.commit.as_mut().await;
+        pending.finish(result, out).await?;
+    }
+    Ok(())
 }
 
 async fn finish(

@@ -6,7 +6,7 @@ use std::borrow::Cow;
 
 use super::{HandlerError, Services, Session};
 use crate::error::{ChatError, ErrorCode};
-use crate::ports::{NewMessage, Outbox};
+use crate::ports::{Appended, NewMessage, Outbox};
 use crate::protocol::{Mode, ServerFrame};
 use crate::types::{RoomId, random_token};
 
@@ -18,14 +18,28 @@ pub async fn handle(
     data: Cow<'_, str>,
     id: Option<Cow<'_, str>>,
 ) -> Result<(), HandlerError> {
+    let message = prepare(session, room, data, id)?;
+    let appended = services.log.append(message).await?;
+    if let Some(ack) = ack(session.mode, &appended) {
+        out.send_text(ack).await?;
+    }
+    Ok(())
+}
+
+/// The message to append, once the frame is known to be a valid send from a member.
+pub(crate) fn prepare(
+    session: &Session,
+    room: Option<RoomId>,
+    data: Cow<'_, str>,
+    id: Option<Cow<'_, str>>,
+) -> Result<NewMessage, ChatError> {
     let room = match (session.mode, room) {
         (Mode::Compat, _) => RoomId::default_room(),
         (Mode::V1, Some(room)) => room,
         (Mode::V1, None) => {
             return Err(ChatError::bad_request(
                 "missing `room`: send {\"action\":\"sendmessage\",\"room\":\"general\",\"data\":\"hi\",\"id\":\"<unique>\"}",
-            )
-            .into());
+            ));
         }
     };
     if !session.is_member(&room) {
@@ -34,28 +48,28 @@ pub async fn handle(
             format!(
                 "join room {room} before sending to it: {{\"action\":\"join\",\"room\":\"{room}\"}}"
             ),
-        )
-        .into());
+        ));
     }
-    let appended = services
-        .log
-        .append(NewMessage {
-            room,
-            id: id.map(Cow::into_owned).unwrap_or_else(|| random_token(16)),
-            user: session.user.clone(),
-            data: data.into_owned(),
-        })
-        .await?;
-    if session.mode == Mode::V1 {
-        let m = &appended.message;
-        let ack = ServerFrame::Ack {
-            id: m.id.clone(),
-            room: m.room.clone(),
-            seq: m.seq,
-            ts: m.ts,
-            duplicate: appended.duplicate,
-        };
-        out.send_text(ack.to_json()).await?;
+    Ok(NewMessage {
+        room,
+        id: id.map(Cow::into_owned).unwrap_or_else(|| random_token(16)),
+        user: session.user.clone(),
+        data: data.into_owned(),
+    })
+}
+
+/// The `ack` frame v1 clients get after the commit; compat clients get none.
+pub(crate) fn ack(mode: Mode, appended: &Appended) -> Option<String> {
+    if mode != Mode::V1 {
+        return None;
     }
-    Ok(())
+    let m = &appended.message;
+    let ack = ServerFrame::Ack {
+        id: m.id.clone(),
+        room: m.room.clone(),
+        seq: m.seq,
+        ts: m.ts,
+        duplicate: appended.duplicate,
+    };
+    Some(ack.to_json())
 }
