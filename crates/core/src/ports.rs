@@ -159,6 +159,19 @@ pub struct Disconnected;
 #[async_trait]
 pub trait Outbox: Send {
     async fn send_text(&mut self, text: String) -> Result<(), Disconnected>;
+
+    /// Called by a long replay of `room` between pages, so that live traffic queued for this
+    /// connection meanwhile does not overflow its queue: a writer with a bounded live queue
+    /// takes what is queued, writes what is for other rooms, and drops `room`'s live messages,
+    /// returning the last seq dropped; the replay then reads on from the log through it. The
+    /// default (no live queue) returns `None`.
+    async fn pace_replay(
+        &mut self,
+        _session: &mut crate::handlers::Session,
+        _room: &RoomId,
+    ) -> Result<Option<Seq>, Disconnected> {
+        Ok(None)
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

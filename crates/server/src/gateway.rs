@@ -26,7 +26,7 @@ use dynamowave_core::handlers::{
 use dynamowave_core::ports::{DeadLetterKind, Disconnected, NewDeadLetter, Outbox};
 use dynamowave_core::protocol::{Identity, Mode, SUBPROTOCOL_V1};
 use dynamowave_core::types::now_ms;
-use dynamowave_core::{ChatError, ConnectionId};
+use dynamowave_core::{ChatError, ConnectionId, RoomId, Seq};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 use tungstenite::Message;
@@ -45,6 +45,8 @@ use crate::wire::{self, FrameWriter};
 /// Queue items (a room's commit each, or a direct frame) gathered into one write when the
 /// outbound queue has a backlog.
 const WRITE_BATCH: usize = 64;
+/// tungstenite's read buffer per connection, allocated at the upgrade.
+const READ_BUFFER_BYTES: usize = 256;
 /// A handler's replies (a long replay) are written out once this much is buffered.
 const WRITE_AHEAD_BYTES: usize = 64 * 1024;
 /// Sends a connection may have queued to the log and not committed yet; past this the
@@ -106,8 +108,9 @@ pub async fn upgrade(
         .max_frame_size(Some(config.max_frame_bytes))
         .max_message_size(Some(config.max_message_bytes))
         // A small read buffer keeps idle connections cheap (it grows for large messages), and
-        // tungstenite zeroes it on every read attempt, once per loop iteration here.
-        .read_buffer_size(1024);
+        // tungstenite zeroes it on every read attempt, once per loop iteration here. 256 bytes
+        // hold a chat frame; a client sending many at once takes a few more reads.
+        .read_buffer_size(READ_BUFFER_BYTES);
     // Only dynamowave.v1 is ever selected, never a token.
     let protocol = (mode == Mode::V1).then_some(SUBPROTOCOL_V1);
     ws.accept(protocol, socket_config, move |socket| {
@@ -119,6 +122,8 @@ pub async fn upgrade(
 /// leave in one write per [`flush`](Self::flush); the loop flushes once per wake-up.
 struct SocketOutbox {
     socket: Socket,
+    /// The fan-out's queue for this connection (the hub holds the sender).
+    outbound: mpsc::Receiver<Outgoing>,
     frames: FrameWriter,
     write_timeout: Duration,
     /// Posted payloads fed since the last successful flush: not known to be written yet, so
@@ -235,6 +240,31 @@ impl Outbox for SocketOutbox {
         }
         Ok(())
     }
+
+    /// Once the queue is half full: takes everything queued, writes what is for other rooms
+    /// (and direct frames), and drops `room`'s live messages, which the replay reads from the
+    /// log instead (the last seq dropped is returned). A busy room then cannot overflow the
+    /// queue of a connection that is catching up on it, however long the replay.
+    async fn pace_replay(
+        &mut self,
+        session: &mut Session,
+        room: &RoomId,
+    ) -> Result<Option<Seq>, Disconnected> {
+        if self.outbound.len() < self.outbound.max_capacity() / 2 {
+            return Ok(None);
+        }
+        let mut dropped = None;
+        while let Ok(item) = self.outbound.try_recv() {
+            match item {
+                Outgoing::Live(batch) if batch.room == *room => {
+                    dropped = Some(batch.last_seq());
+                }
+                item => self.feed_item(session, item),
+            }
+        }
+        self.flush().await?;
+        Ok(dropped)
+    }
 }
 
 /// True when a read error is tungstenite refusing a frame or message over the limits.
@@ -254,12 +284,13 @@ pub fn serve_connection(
     mut session: Session,
     permit: ConnectionPermit,
 ) -> impl Future<Output = ()> + Send {
-    let (queue, mut outbound) = mpsc::channel(state.config.outbound_queue);
+    let (queue, outbound) = mpsc::channel(state.config.outbound_queue);
     let handle = Arc::new(ConnectionHandle::new(&session, queue));
     state.hub.register(handle.clone());
     let mut shutting_down = state.shutting_down.clone();
     let mut out = SocketOutbox {
         socket,
+        outbound,
         frames: FrameWriter::default(),
         write_timeout: state.config.write_timeout(),
         unflushed_posts: Vec::new(),
@@ -286,7 +317,9 @@ pub fn serve_connection(
         // frame handling.
         let connected = {
             let _reserved = state.limiter.connect_permit().await;
-            connect::handle(&mut session, services, &mut out).await
+            // Boxed, as are the other steps run once: only the loop's state stays for the
+            // connection's life.
+            Box::pin(connect::handle(&mut session, services, &mut out)).await
         };
         match connected {
             Ok(()) if out.flush().await.is_ok() => {
@@ -294,15 +327,8 @@ pub fn serve_connection(
                     out.close(close_code::GOING_AWAY, "server shutting down")
                         .await;
                 } else {
-                    read_write_loop(
-                        &mut session,
-                        &state,
-                        &handle,
-                        &mut out,
-                        &mut outbound,
-                        &mut shutting_down,
-                    )
-                    .await;
+                    read_write_loop(&mut session, &state, &handle, &mut out, &mut shutting_down)
+                        .await;
                 }
             }
             Ok(()) | Err(HandlerError::Disconnected) => {}
@@ -317,10 +343,10 @@ pub fn serve_connection(
             }
         }
 
-        dead_letter_unsent(&state, &handle, &mut out, &mut outbound).await;
+        Box::pin(dead_letter_unsent(&state, &handle, &mut out)).await;
         let disconnected = {
             let _reserved = state.limiter.connect_permit().await;
-            disconnect::handle(&mut session, services).await
+            Box::pin(disconnect::handle(&mut session, services)).await
         };
         if let Err(e) = disconnected {
             // The row is purged at the next start; nothing else depends on it.
@@ -351,15 +377,10 @@ pub fn serve_connection(
 /// Dead-letters the posted payloads this connection accepted and did not deliver: those not
 /// known to be flushed, and those still queued. Closing the queue first means no post can be
 /// accepted after this look.
-async fn dead_letter_unsent(
-    state: &AppState,
-    handle: &ConnectionHandle,
-    out: &mut SocketOutbox,
-    outbound: &mut mpsc::Receiver<Outgoing>,
-) {
-    outbound.close();
+async fn dead_letter_unsent(state: &AppState, handle: &ConnectionHandle, out: &mut SocketOutbox) {
+    out.outbound.close();
     let mut unsent = std::mem::take(&mut out.unflushed_posts);
-    while let Ok(item) = outbound.try_recv() {
+    while let Ok(item) = out.outbound.try_recv() {
         if let Outgoing::Posted(posted) = item {
             unsent.push(posted.text);
         }
@@ -389,11 +410,10 @@ async fn dead_letter_unsent(
 async fn drain(
     session: &mut Session,
     out: &mut SocketOutbox,
-    outbound: &mut mpsc::Receiver<Outgoing>,
     in_flight: &mut VecDeque<PendingSend>,
 ) -> Result<(), Disconnected> {
     settle(in_flight, out).await?;
-    while let Ok(item) = outbound.try_recv() {
+    while let Ok(item) = out.outbound.try_recv() {
         out.feed_item(session, item);
         // A long backlog is written as it goes.
         if out.frames.buffered() >= WRITE_AHEAD_BYTES {
@@ -407,14 +427,11 @@ async fn drain(
 async fn close_on_request(
     session: &mut Session,
     out: &mut SocketOutbox,
-    outbound: &mut mpsc::Receiver<Outgoing>,
     in_flight: &mut VecDeque<PendingSend>,
     code: u16,
     reason: &str,
 ) {
-    if code != close_code::TRY_AGAIN_LATER
-        && drain(session, out, outbound, in_flight).await.is_err()
-    {
+    if code != close_code::TRY_AGAIN_LATER && drain(session, out, in_flight).await.is_err() {
         return;
     }
     out.close(code, reason).await;
@@ -425,7 +442,6 @@ async fn read_write_loop(
     state: &AppState,
     handle: &ConnectionHandle,
     out: &mut SocketOutbox,
-    outbound: &mut mpsc::Receiver<Outgoing>,
     shutting_down: &mut tokio::sync::watch::Receiver<bool>,
 ) {
     let services = &state.services;
@@ -452,7 +468,6 @@ async fn read_write_loop(
             Box::pin(close_on_request(
                 session,
                 out,
-                outbound,
                 &mut in_flight,
                 code,
                 &reason,
@@ -468,11 +483,11 @@ async fn read_write_loop(
                 }
             }
             (code, reason) = &mut closed => {
-                Box::pin(close_on_request(session, out, outbound, &mut in_flight, code, &reason)).await;
+                Box::pin(close_on_request(session, out, &mut in_flight, code, &reason)).await;
                 return;
             }
             _ = &mut max_age, if config.max_connection_ms > 0 => {
-                Box::pin(close_on_request(session, out, outbound, &mut in_flight, close_code::GOING_AWAY, "maximum connection duration reached; reconnect")).await;
+                Box::pin(close_on_request(session, out, &mut in_flight, close_code::GOING_AWAY, "maximum connection duration reached; reconnect")).await;
                 return;
             }
             _ = keepalive.tick() => {
@@ -481,7 +496,7 @@ async fn read_write_loop(
                 let silent_ms = now_ms().saturating_sub(session.last_active.load(Ordering::Relaxed));
                 if silent_ms >= config.idle_timeout_ms {
                     let reason = format!("idle timeout: nothing received for {} s", silent_ms / 1000);
-                    Box::pin(close_on_request(session, out, outbound, &mut in_flight, close_code::GOING_AWAY, &reason)).await;
+                    Box::pin(close_on_request(session, out, &mut in_flight, close_code::GOING_AWAY, &reason)).await;
                     return;
                 }
                 if silent_ms >= config.ping_interval_ms / 2 && out.ping().await.is_err() {
@@ -489,17 +504,17 @@ async fn read_write_loop(
                 }
             }
             _ = &mut stopping => {
-                if Box::pin(drain(session, out, outbound, &mut in_flight)).await.is_ok() {
+                if Box::pin(drain(session, out, &mut in_flight)).await.is_ok() {
                     out.close(close_code::GOING_AWAY, "server shutting down").await;
                 }
                 return;
             }
-            item = outbound.recv() => {
+            item = out.outbound.recv() => {
                 let Some(item) = item else { return };
                 out.feed_item(session, item);
                 // Whatever else is queued leaves in the same write.
                 for _ in 1..WRITE_BATCH {
-                    match outbound.try_recv() {
+                    match out.outbound.try_recv() {
                         Ok(item) => out.feed_item(session, item),
                         Err(_) => break,
                     }

@@ -8,6 +8,7 @@
 //! frames (pings, closes, limits); only these data frames bypass its writer.
 
 use std::io::{self, IoSlice};
+use std::pin::Pin;
 
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
@@ -101,15 +102,19 @@ impl FrameWriter {
     pub async fn write_to<W: AsyncWrite + Unpin>(&mut self, io: &mut W) -> io::Result<()> {
         let mut next = 0;
         while next < self.chunks.len() {
-            let mut written = {
+            // The slices are made inside the poll, on its stack: held across an await they
+            // would be a kilobyte of every connection task's state, idle or not.
+            let pending = &self.chunks[next..];
+            let mut written = std::future::poll_fn(|cx| {
                 let mut slices = [IoSlice::new(&[]); MAX_SLICES];
                 let mut count = 0;
-                for (slot, chunk) in slices.iter_mut().zip(&self.chunks[next..]) {
+                for (slot, chunk) in slices.iter_mut().zip(pending) {
                     *slot = IoSlice::new(chunk);
                     count += 1;
                 }
-                io.write_vectored(&slices[..count]).await?
-            };
+                Pin::new(&mut *io).poll_write_vectored(cx, &slices[..count])
+            })
+            .await?;
             if written == 0 {
                 return Err(io::ErrorKind::WriteZero.into());
             }

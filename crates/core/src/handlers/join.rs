@@ -38,9 +38,9 @@ pub async fn handle(
     )
     .await?;
     if let Some(after) = after {
-        replay(services, out, &room, after, head).await?;
-        // The replay covered everything up to head; live frames up to it are duplicates.
-        session.set_delivered(&room, head);
+        let through = replay(session, services, out, &room, after, head).await?;
+        // The replay covered everything up to `through`; live frames up to it are duplicates.
+        session.set_delivered(&room, through);
     }
     if !already_member {
         services
@@ -84,16 +84,23 @@ fn undo(session: &Session, services: &Services, room: &RoomId) {
     }
 }
 
-/// Sends the messages `after+1 ..= head` in pages.
+/// Replayed messages between two looks at the connection's live queue.
+const PACE_EVERY: usize = 64;
+
+/// Sends the messages `after+1 ..= head` in pages, and past `head` as far as the live messages
+/// the connection's writer dropped meanwhile ([`Outbox::pace_replay`]); returns the last seq
+/// sent through.
 async fn replay(
+    session: &mut Session,
     services: &Services,
     out: &mut dyn Outbox,
     room: &RoomId,
     after: Seq,
     head: Seq,
-) -> Result<(), HandlerError> {
+) -> Result<Seq, HandlerError> {
     let mut cursor = after;
-    while cursor < head {
+    let mut through = head;
+    while cursor < through {
         let page = services
             .log
             .read(
@@ -104,16 +111,28 @@ async fn replay(
                 },
             )
             .await?;
-        let Some(last) = page.messages.last() else {
-            break;
-        };
-        cursor = last.seq;
-        for m in page.messages.into_iter().take_while(|m| m.seq <= head) {
+        let target = through;
+        let mut past_target = false;
+        for (i, m) in page.messages.into_iter().enumerate() {
+            if m.seq > target {
+                past_target = true;
+                break;
+            }
+            cursor = m.seq;
             out.send_text(ServerFrame::Message(m).to_json()).await?;
+            if i % PACE_EVERY == PACE_EVERY - 1
+                && let Some(dropped) = out.pace_replay(session, room).await?
+            {
+                through = through.max(dropped);
+            }
         }
-        if !page.more {
-            break;
+        if past_target || !page.more {
+            // Everything through `target` is sent (what is missing was deleted).
+            cursor = cursor.max(target);
+        }
+        if let Some(dropped) = out.pace_replay(session, room).await? {
+            through = through.max(dropped);
         }
     }
-    Ok(())
+    Ok(through)
 }
