@@ -188,7 +188,7 @@ impl ConnectionHandle {
         true
     }
 
-    /// Frames in this connection's queue (taken permits of its bounded channel).
+    /// Entries in this connection's queue (taken permits of its bounded channel).
     fn queued(&self) -> usize {
         self.queue.max_capacity() - self.queue.capacity()
     }
@@ -276,9 +276,9 @@ impl Hub {
         read(&self.connections).len()
     }
 
-    /// Frames queued to all connections: `dynamowave_outbound_queue_depth`, summed when
+    /// Entries queued to all connections: `dynamowave_outbound_queue_depth`, summed when
     /// `/metrics` is scraped so the fan-out path keeps no shared count.
-    pub fn queued_frames(&self) -> usize {
+    pub fn queued_entries(&self) -> usize {
         read(&self.connections).values().map(|c| c.queued()).sum()
     }
 

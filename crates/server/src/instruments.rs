@@ -105,7 +105,7 @@ impl Instruments {
         );
         describe_gauge!(
             "dynamowave_outbound_queue_depth",
-            "Frames queued to all connections, sampled when /metrics is scraped"
+            "Queue entries (one per room per commit, presence frame or post) waiting for all connections, sampled when /metrics is scraped"
         );
         describe_counter!(
             "dynamowave_slow_consumer_closes_total",

@@ -62,7 +62,7 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError
     // Sampled here rather than counted on the fan-out path (see `crate::instruments`).
     crate::instruments::instruments()
         .outbound_queue_depth
-        .set(state.hub.queued_frames() as f64);
+        .set(state.hub.queued_entries() as f64);
     let body = prometheus().map(|h| {
         h.run_upkeep();
         h.render()
