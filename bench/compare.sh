@@ -44,7 +44,8 @@ QUICK_POINTS=(
     "idle-200|idle --connections 200 --hold 2"
 )
 ALL_SERVERS=(dynamowave uwebsockets axum-broadcast node-ws python-websockets)
-BASELINE=node-ws
+# The figures are divided by the fastest peer's (node-ws when uwebsockets is not run).
+BASELINE=uwebsockets
 # ---------------------------------------------------------------------------------------------
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
@@ -83,6 +84,8 @@ if [ -n "$servers_arg" ]; then
         [[ " ${ALL_SERVERS[*]} " == *" $s "* ]] || { echo "unknown server: $s" >&2; exit 2; }
     done
 fi
+
+[[ " ${SERVERS[*]} " == *" $BASELINE "* ]] || BASELINE=node-ws
 
 if [ -z "$doc" ]; then
     if [ "$quick" = 1 ]; then doc=bench/results/quick-benchmarks.md; else doc=docs/benchmarks.md; fi

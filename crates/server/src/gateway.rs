@@ -475,39 +475,19 @@ async fn read_write_loop(
             .await;
             return;
         }
+        // Biased, in this order: a wake-up for the fan-out (the common one) polls two branches,
+        // not half of seven. Writing comes before reading: a client that sends without pause
+        // must not keep its own queue from draining (it would be closed with 1013); its frames
+        // wait in TCP instead, which is backpressure. Each write takes everything queued, so
+        // reading comes next unless more was committed meanwhile. Closes and shutdown are also
+        // seen at the top of the loop.
         tokio::select! {
+            biased;
             committed = async { in_flight.front_mut().expect("not empty").commit().as_mut().await }, if !in_flight.is_empty() => {
                 let sent = in_flight.pop_front().expect("not empty");
                 if sent.finish(committed, out).await.is_err() || out.flush().await.is_err() {
                     return;
                 }
-            }
-            (code, reason) = &mut closed => {
-                Box::pin(close_on_request(session, out, &mut in_flight, code, &reason)).await;
-                return;
-            }
-            _ = &mut max_age, if config.max_connection_ms > 0 => {
-                Box::pin(close_on_request(session, out, &mut in_flight, close_code::GOING_AWAY, "maximum connection duration reached; reconnect")).await;
-                return;
-            }
-            _ = keepalive.tick() => {
-                // Pongs and any other frame update last_active; a peer that answers nothing
-                // for the idle timeout is gone (or idle as API Gateway counts it) and is closed.
-                let silent_ms = now_ms().saturating_sub(session.last_active.load(Ordering::Relaxed));
-                if silent_ms >= config.idle_timeout_ms {
-                    let reason = format!("idle timeout: nothing received for {} s", silent_ms / 1000);
-                    Box::pin(close_on_request(session, out, &mut in_flight, close_code::GOING_AWAY, &reason)).await;
-                    return;
-                }
-                if silent_ms >= config.ping_interval_ms / 2 && out.ping().await.is_err() {
-                    return;
-                }
-            }
-            _ = &mut stopping => {
-                if Box::pin(drain(session, out, &mut in_flight)).await.is_ok() {
-                    out.close(close_code::GOING_AWAY, "server shutting down").await;
-                }
-                return;
             }
             item = out.outbound.recv() => {
                 let Some(item) = item else { return };
@@ -607,6 +587,33 @@ async fn read_write_loop(
                     }
                 };
                 if result.is_err() || out.flush().await.is_err() {
+                    return;
+                }
+            }
+            (code, reason) = &mut closed => {
+                Box::pin(close_on_request(session, out, &mut in_flight, code, &reason)).await;
+                return;
+            }
+            _ = &mut stopping => {
+                if Box::pin(drain(session, out, &mut in_flight)).await.is_ok() {
+                    out.close(close_code::GOING_AWAY, "server shutting down").await;
+                }
+                return;
+            }
+            _ = &mut max_age, if config.max_connection_ms > 0 => {
+                Box::pin(close_on_request(session, out, &mut in_flight, close_code::GOING_AWAY, "maximum connection duration reached; reconnect")).await;
+                return;
+            }
+            _ = keepalive.tick() => {
+                // Pongs and any other frame update last_active; a peer that answers nothing
+                // for the idle timeout is gone (or idle as API Gateway counts it) and is closed.
+                let silent_ms = now_ms().saturating_sub(session.last_active.load(Ordering::Relaxed));
+                if silent_ms >= config.idle_timeout_ms {
+                    let reason = format!("idle timeout: nothing received for {} s", silent_ms / 1000);
+                    Box::pin(close_on_request(session, out, &mut in_flight, close_code::GOING_AWAY, &reason)).await;
+                    return;
+                }
+                if silent_ms >= config.ping_interval_ms / 2 && out.ping().await.is_err() {
                     return;
                 }
             }
