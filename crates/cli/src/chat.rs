@@ -1,7 +1,11 @@
 //! `dynamowave chat`: the terminal client.
 //!
 //! It joins a room, prints what is said there (recent history first), sends each line typed,
-//! and understands `/join R`, `/leave R`, `/history [N]`, `/members`, `/quit`. When the
+//! and understands `/join R`, `/leave R`, `/history [N]`, `/members`, `/edit SEQ TEXT`,
+//! `/delete SEQ`, `/react SEQ EMOJI`, `/unreact SEQ EMOJI`, `/read`, `/quit`. Edits,
+//! deletions and reactions print as lines of their own (`[#room 7] ann edited 3: ...`); read
+//! receipts and typing notices are shown on stderr in a terminal. Sending a line marks the room
+//! read through the newest entry shown. When the
 //! connection drops it reconnects with exponential backoff and jitter, rejoins every room with
 //! `after: <last seq seen>` (so nothing is missed or printed twice) and resends every message
 //! not yet acked with its same id (the server deduplicates).
@@ -42,8 +46,8 @@ struct State {
     current: String,
     /// Joined rooms and the last seq printed in each (None until the first history arrived).
     rooms: BTreeMap<String, Option<u64>>,
-    /// Live messages that arrived while a room's first history page was on its way.
-    held: HashMap<String, Vec<std::sync::Arc<ChatMessage>>>,
+    /// Live entries that arrived while a room's first history page was on its way.
+    held: HashMap<String, Vec<ServerFrame>>,
     /// Sent and not yet acked: id → (room, text).
     pending: BTreeMap<String, (String, String)>,
     history: u64,
@@ -215,8 +219,47 @@ async fn on_line(
             state.awaiting += 1;
             client.members(&state.current).await?;
         }
+        "/edit" | "/delete" | "/react" | "/unreact" | "/read"
+            if !state.rooms.contains_key(&state.current) =>
+        {
+            status("join a room first: /join ROOM");
+        }
+        "/edit" => match arg
+            .split_once(' ')
+            .and_then(|(seq, text)| Some((seq.parse().ok()?, text)))
+        {
+            Some((seq, text)) => {
+                let id = random_token(16);
+                client.edit(&state.current, seq, text, &id).await?;
+            }
+            None => status("usage: /edit SEQ NEW TEXT"),
+        },
+        "/delete" => match arg.parse() {
+            Ok(seq) => {
+                client
+                    .delete(&state.current, seq, &random_token(16))
+                    .await?
+            }
+            Err(_) => status("usage: /delete SEQ"),
+        },
+        "/react" | "/unreact" => match arg
+            .split_once(' ')
+            .and_then(|(seq, emoji)| Some((seq.parse().ok()?, emoji.trim())))
+        {
+            Some((seq, emoji)) => {
+                let on = command == "/react";
+                client
+                    .react(&state.current, seq, emoji, on, &random_token(16))
+                    .await?;
+            }
+            None => status(&format!("usage: {command} SEQ EMOJI")),
+        },
+        "/read" => mark_read(client, state).await?,
         _ if command.starts_with('/') => {
-            status("commands: /join ROOM, /leave [ROOM], /history [N], /members, /quit");
+            status(
+                "commands: /join ROOM, /leave [ROOM], /history [N], /members, /edit SEQ TEXT, \
+                 /delete SEQ, /react SEQ EMOJI, /unreact SEQ EMOJI, /read, /quit",
+            );
         }
         _ if state.current.is_empty() || !state.rooms.contains_key(&state.current) => {
             status("join a room first: /join ROOM");
@@ -227,9 +270,21 @@ async fn on_line(
                 .pending
                 .insert(id.clone(), (state.current.clone(), line.to_owned()));
             client.send_message(&state.current, line, &id).await?;
+            // Typing a reply means what was shown has been read.
+            mark_read(client, state).await?;
         }
     }
     Ok(None)
+}
+
+/// Marks the current room read through the newest entry shown (nothing shown: nothing to do).
+async fn mark_read(client: &mut Client, state: &State) -> anyhow::Result<()> {
+    if let Some(&Some(last)) = state.rooms.get(&state.current)
+        && last > 0
+    {
+        client.read(&state.current, last).await?;
+    }
+    Ok(())
 }
 
 async fn on_frame(
@@ -238,7 +293,7 @@ async fn on_frame(
     frame: ServerFrame,
 ) -> anyhow::Result<()> {
     match frame {
-        ServerFrame::Joined { room, seq } => {
+        ServerFrame::Joined { room, seq, .. } => {
             let room = room.as_str().to_owned();
             // First join of this room: show recent history, holding live messages meanwhile.
             if matches!(state.rooms.get(&room), Some(None)) {
@@ -259,8 +314,11 @@ async fn on_frame(
                 Some(held) => {
                     // The first page after a join: print it, then what was held back.
                     state.rooms.insert(room.clone(), Some(0));
-                    for m in messages.iter().chain(held.iter()) {
-                        show_live(state, m);
+                    for m in messages {
+                        show_live(state, &ServerFrame::Message(m));
+                    }
+                    for frame in &held {
+                        show_live(state, frame);
                     }
                 }
                 // An explicit /history: print the page as it is.
@@ -270,11 +328,27 @@ async fn on_frame(
                 }
             }
         }
-        ServerFrame::Message(m) => {
-            if let Some(held) = state.held.get_mut(m.room.as_str()) {
-                held.push(m);
+        frame @ (ServerFrame::Message(_)
+        | ServerFrame::Edited { .. }
+        | ServerFrame::Deleted { .. }
+        | ServerFrame::Reaction { .. }) => {
+            let Some((room, _)) = entry_position(&frame) else {
+                return Ok(());
+            };
+            if let Some(held) = state.held.get_mut(room) {
+                held.push(frame);
             } else {
-                show_live(state, &m);
+                show_live(state, &frame);
+            }
+        }
+        ServerFrame::Read { room, user, seq } => {
+            if !state.scripted {
+                status(&format!("{user} read #{room} through {seq}"));
+            }
+        }
+        ServerFrame::Typing { room, user } => {
+            if !state.scripted {
+                status(&format!("{user} is typing in #{room}…"));
             }
         }
         ServerFrame::Ack { id, room, seq, .. } => {
@@ -313,25 +387,110 @@ async fn on_frame(
     Ok(())
 }
 
-/// Prints a room message once: only seqs past the last one printed in that room.
-fn show_live(state: &mut State, m: &ChatMessage) {
-    let Some(last) = state.rooms.get_mut(m.room.as_str()) else {
+/// The room and the seq in the room's log of an entry's frame (an event's own seq).
+fn entry_position(frame: &ServerFrame) -> Option<(&str, u64)> {
+    match frame {
+        ServerFrame::Message(m) => Some((m.room.as_str(), m.seq.0)),
+        ServerFrame::Edited {
+            room, event_seq, ..
+        }
+        | ServerFrame::Deleted {
+            room, event_seq, ..
+        }
+        | ServerFrame::Reaction {
+            room, event_seq, ..
+        } => Some((room.as_str(), event_seq.0)),
+        _ => None,
+    }
+}
+
+/// Prints a room entry once: only seqs past the last one printed in that room.
+fn show_live(state: &mut State, frame: &ServerFrame) {
+    let Some((room, seq)) = entry_position(frame) else {
         return;
     };
-    if last.is_some_and(|last| m.seq.0 <= last) {
+    let Some(last) = state.rooms.get_mut(room) else {
+        return;
+    };
+    if last.is_some_and(|last| seq <= last) {
         return;
     }
-    *last = Some(m.seq.0);
-    print_message(state, m);
+    *last = Some(seq);
+    match frame {
+        ServerFrame::Message(m) => print_message(state, m),
+        ServerFrame::Edited {
+            room,
+            seq,
+            data,
+            user,
+            event_seq,
+            ..
+        } => println!(
+            "[#{room} {event_seq}] {user} edited {seq}: {}",
+            one_line(state, data)
+        ),
+        ServerFrame::Deleted {
+            room,
+            seq,
+            event_seq,
+        } => println!("[#{room} {event_seq}] message {seq} was deleted"),
+        ServerFrame::Reaction {
+            room,
+            seq,
+            emoji,
+            user,
+            on,
+            counts,
+            event_seq,
+        } => {
+            let verb = if *on { "reacted" } else { "took back" };
+            println!(
+                "[#{room} {event_seq}] {user} {verb} {emoji} on {seq} ({})",
+                format_counts(counts)
+            );
+        }
+        _ => {}
+    }
+}
+
+/// `👍 2, 🎉 1`, or `no reactions`.
+fn format_counts(counts: &BTreeMap<String, u64>) -> String {
+    if counts.is_empty() {
+        return "no reactions".into();
+    }
+    counts
+        .iter()
+        .map(|(emoji, n)| format!("{emoji} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn one_line(state: &State, text: &str) -> String {
+    if state.scripted {
+        text.replace('\n', "\\n")
+    } else {
+        text.replace('\n', "\n    ")
+    }
 }
 
 fn print_message(state: &State, m: &ChatMessage) {
-    let data = if state.scripted {
-        m.data.replace('\n', "\\n")
+    let edited = if m.edited_at.is_some() {
+        " (edited)"
     } else {
-        m.data.replace('\n', "\n    ")
+        ""
     };
-    println!("[#{} {}] {}: {}", m.room, m.seq, m.user, data);
+    let reactions = if m.reactions.is_empty() {
+        String::new()
+    } else {
+        format!(" [{}]", format_counts(&m.reactions))
+    };
+    println!(
+        "[#{} {}] {}: {}{edited}{reactions}",
+        m.room,
+        m.seq,
+        m.user,
+        one_line(state, &m.data)
+    );
 }
 
 /// Connection news and errors go to stderr, so stdout carries only messages.

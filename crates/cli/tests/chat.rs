@@ -182,3 +182,37 @@ fn a_restart_loses_nothing_and_repeats_nothing() {
     let rest = alice.finish();
     assert!(rest.is_empty(), "nothing repeated: {rest:?}");
 }
+
+#[test]
+fn edits_deletions_and_reactions_from_the_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path(), &[], &[]);
+    let url = format!("ws://{}/ws", server.addr);
+
+    let mut alice = ChatProcess::start(&url, "alice");
+    alice.say("helo");
+    alice.expect("[#general 1] alice: helo");
+    let mut bob = ChatProcess::start(&url, "bob");
+    bob.expect("[#general 1] alice: helo");
+
+    alice.say("/edit 1 hello");
+    bob.expect("[#general 2] alice edited 1: hello");
+    bob.say("/react 1 👍");
+    alice.expect("[#general 3] bob reacted 👍 on 1 (👍 1)");
+    bob.say("/edit 1 not mine");
+    alice.say("second");
+    alice.expect("[#general 4] alice: second");
+    bob.expect("[#general 4] alice: second");
+    alice.say("/delete 4");
+    bob.expect("[#general 5] message 4 was deleted");
+    bob.say("/unreact 1 👍");
+    alice.expect("[#general 6] bob took back 👍 on 1 (no reactions)");
+    bob.expect("[#general 6] bob took back 👍 on 1 (no reactions)");
+
+    // A newcomer sees messages as they are now (the deleted one not at all).
+    let out = script(&url, "carol", "");
+    assert_eq!(out, "[#general 1] alice: hello (edited)\n", "{out}");
+    let rest = bob.finish();
+    assert!(rest.is_empty(), "{rest:?}");
+    drop(alice);
+}

@@ -196,6 +196,51 @@ impl Client {
             .await
     }
 
+    /// Replaces the text of this user's message `seq`.
+    pub async fn edit(
+        &mut self,
+        room: &str,
+        seq: u64,
+        data: &str,
+        id: &str,
+    ) -> Result<(), ClientError> {
+        self.send_json(json!({"action": "edit", "room": room, "seq": seq, "data": data, "id": id}))
+            .await
+    }
+
+    /// Deletes this user's message `seq`.
+    pub async fn delete(&mut self, room: &str, seq: u64, id: &str) -> Result<(), ClientError> {
+        self.send_json(json!({"action": "delete", "room": room, "seq": seq, "id": id}))
+            .await
+    }
+
+    /// Sets (`on`) or takes back a reaction to message `seq`.
+    pub async fn react(
+        &mut self,
+        room: &str,
+        seq: u64,
+        emoji: &str,
+        on: bool,
+        id: &str,
+    ) -> Result<(), ClientError> {
+        self.send_json(
+            json!({"action": "react", "room": room, "seq": seq, "emoji": emoji, "on": on, "id": id}),
+        )
+        .await
+    }
+
+    /// Marks the room read through `seq`.
+    pub async fn read(&mut self, room: &str, seq: u64) -> Result<(), ClientError> {
+        self.send_json(json!({"action": "read", "room": room, "seq": seq}))
+            .await
+    }
+
+    /// Tells the room this user is typing.
+    pub async fn typing(&mut self, room: &str) -> Result<(), ClientError> {
+        self.send_json(json!({"action": "typing", "room": room}))
+            .await
+    }
+
     async fn send_json(&mut self, frame: serde_json::Value) -> Result<(), ClientError> {
         self.send_raw(frame.to_string()).await
     }

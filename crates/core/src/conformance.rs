@@ -19,11 +19,13 @@ use std::sync::{Arc, Mutex};
 
 use tokio::task::JoinSet;
 
+use crate::error::ErrorCode;
 use crate::ports::{
-    Claim, CommitListener, ConnectionRecord, ConnectionStore, DeadLetterKind, DeadLetters,
-    Deletion, MessageLog, NewDeadLetter, NewMessage, Purge,
+    Appended, Claim, CommitListener, ConnectionRecord, ConnectionStore, DeadLetterKind,
+    DeadLetters, Deletion, MessageLog, NewDeadLetter, NewEvent, NewMessage, Purge, ReadMark,
+    StoreError,
 };
-use crate::protocol::{ChatMessage, HistoryQuery, Mode};
+use crate::protocol::{ChatMessage, EntryEvent, HistoryQuery, Mode, ReactionCounts};
 use crate::types::{ConnectionId, RoomId, Seq, UserName};
 
 /// Remembers every committed message it is told about, in order.
@@ -55,21 +57,497 @@ impl CommitListener for RecordingListener {
     }
 }
 
-fn room(name: &str) -> RoomId {
+/// Helpers for store tests, here and in the adapters' own test files.
+pub fn room(name: &str) -> RoomId {
     RoomId::parse(name).unwrap()
 }
 
-fn user(name: &str) -> UserName {
+pub fn user(name: &str) -> UserName {
     UserName::parse(name).unwrap()
 }
 
-fn msg(r: &str, u: &str, id: &str, data: &str) -> NewMessage {
+/// A message `data` by `u` in room `r` with id `id`.
+pub fn msg(r: &str, u: &str, id: &str, data: &str) -> NewMessage {
+    NewMessage::message(room(r), id.into(), user(u), data.into())
+}
+
+/// An event entry, as [`msg`] with `event`.
+pub fn event(r: &str, u: &str, id: &str, data: &str, event: NewEvent) -> NewMessage {
     NewMessage {
-        room: room(r),
-        id: id.into(),
-        user: user(u),
-        data: data.into(),
+        event: Some(event),
+        ..msg(r, u, id, data)
     }
+}
+
+pub fn react(target: u64, emoji: &str, on: bool) -> NewEvent {
+    NewEvent::React {
+        target: Seq(target),
+        emoji: emoji.into(),
+        on,
+    }
+}
+
+fn refused_with(result: Result<Appended, StoreError>, code: ErrorCode, what: &str) {
+    match result {
+        Err(StoreError::Refused(e)) => assert_eq!(e.code, code, "{what}: {e}"),
+        other => panic!("{what}: expected a refusal with {code}, got {other:?}"),
+    }
+}
+
+pub fn counts(pairs: &[(&str, u64)]) -> ReactionCounts {
+    pairs.iter().map(|(e, n)| ((*e).to_owned(), *n)).collect()
+}
+
+/// Runs the cases of event entries (edits, deletions, reactions) and read positions against
+/// logs made by `make`: every log that stores them.
+pub async fn events<F, Fut>(make: F)
+where
+    F: Fn(Arc<dyn CommitListener>) -> Fut,
+    Fut: Future<Output = Arc<dyn MessageLog>>,
+{
+    let fresh = || async {
+        let listener = Arc::new(RecordingListener::default());
+        let log = make(listener.clone()).await;
+        (log, listener)
+    };
+
+    // An edit takes the next seq, is delivered, and history shows the new text.
+    let (log, listener) = fresh().await;
+    log.append(msg("r", "ann", "m1", "helo")).await.unwrap();
+    log.append(msg("r", "bob", "m2", "hi")).await.unwrap();
+    let edit = NewEvent::Edit { target: Seq(1) };
+    let e = log
+        .append(event("r", "ann", "e1", "hello", edit.clone()))
+        .await
+        .unwrap();
+    assert_eq!(e.message.seq, Seq(3), "an event takes the next seq");
+    assert!(!e.duplicate);
+    assert_eq!(
+        e.message.event.as_deref(),
+        Some(&EntryEvent::Edit { target: Seq(1) })
+    );
+    assert_eq!(
+        (e.message.user.as_str(), e.message.data.as_str()),
+        ("ann", "hello")
+    );
+    let seen = listener.wait_for(3).await;
+    assert_eq!(seqs(&seen), vec![1, 2, 3]);
+    assert_eq!(
+        seen[2].event.as_deref(),
+        Some(&EntryEvent::Edit { target: Seq(1) })
+    );
+    let page = log
+        .read(&room("r"), HistoryQuery::Latest { limit: 10 })
+        .await
+        .unwrap();
+    assert_eq!(
+        seqs(&page.messages),
+        vec![1, 2],
+        "history holds messages only"
+    );
+    assert_eq!(page.messages[0].data, "hello");
+    assert_eq!(page.messages[0].edited_at, Some(e.message.ts));
+    assert_eq!(page.messages[1].edited_at, None);
+    assert_eq!(log.head(&room("r")).await.unwrap(), Some(Seq(3)));
+    // A retried id is a duplicate: nothing new.
+    let again = log
+        .append(event("r", "ann", "e1", "hello", edit))
+        .await
+        .unwrap();
+    assert!(again.duplicate);
+    assert_eq!(again.message.seq, Seq(3));
+    assert_eq!(
+        again.message.event.as_deref(),
+        Some(&EntryEvent::Edit { target: Seq(1) })
+    );
+    assert_eq!(log.head(&room("r")).await.unwrap(), Some(Seq(3)));
+    // A second edit wins.
+    log.append(event(
+        "r",
+        "ann",
+        "e2",
+        "hello!",
+        NewEvent::Edit { target: Seq(1) },
+    ))
+    .await
+    .unwrap();
+    let page = log
+        .read(&room("r"), HistoryQuery::Latest { limit: 10 })
+        .await
+        .unwrap();
+    assert_eq!(page.messages[0].data, "hello!");
+
+    // Refusals store nothing: someone else's message, no such message, an event as target.
+    let (log, _) = fresh().await;
+    log.append(msg("r", "ann", "m1", "x")).await.unwrap();
+    refused_with(
+        log.append(event(
+            "r",
+            "bob",
+            "e1",
+            "y",
+            NewEvent::Edit { target: Seq(1) },
+        ))
+        .await,
+        ErrorCode::Forbidden,
+        "an edit by another user",
+    );
+    refused_with(
+        log.append(event(
+            "r",
+            "bob",
+            "d1",
+            "",
+            NewEvent::Delete { target: Seq(1) },
+        ))
+        .await,
+        ErrorCode::Forbidden,
+        "a deletion by another user",
+    );
+    refused_with(
+        log.append(event(
+            "r",
+            "ann",
+            "e2",
+            "y",
+            NewEvent::Edit { target: Seq(9) },
+        ))
+        .await,
+        ErrorCode::NotFound,
+        "an edit of a message that does not exist",
+    );
+    refused_with(
+        log.append(event("x", "ann", "e3", "", react(1, "👍", true)))
+            .await,
+        ErrorCode::NotFound,
+        "a reaction in a room with no messages",
+    );
+    assert_eq!(
+        log.head(&room("r")).await.unwrap(),
+        Some(Seq(1)),
+        "nothing stored"
+    );
+    log.append(event("r", "bob", "r1", "", react(1, "👍", true)))
+        .await
+        .unwrap();
+    refused_with(
+        log.append(event("r", "ann", "r2", "", react(2, "👍", true)))
+            .await,
+        ErrorCode::BadRequest,
+        "a reaction to a reaction",
+    );
+    // A refused id is not taken: the same id with a valid target goes through.
+    let ok = log
+        .append(event(
+            "r",
+            "ann",
+            "e2",
+            "fixed",
+            NewEvent::Edit { target: Seq(1) },
+        ))
+        .await
+        .unwrap();
+    assert!(!ok.duplicate);
+    assert_eq!(ok.message.seq, Seq(3));
+
+    // Deletion by the author: a tombstone in history, an entry in the log, no edit after.
+    let (log, listener) = fresh().await;
+    log.append(msg("r", "ann", "m1", "oops")).await.unwrap();
+    log.append(msg("r", "ann", "m2", "keep")).await.unwrap();
+    let d = log
+        .append(event(
+            "r",
+            "ann",
+            "d1",
+            "",
+            NewEvent::Delete { target: Seq(1) },
+        ))
+        .await
+        .unwrap();
+    assert_eq!(d.message.seq, Seq(3));
+    assert_eq!(
+        d.message.event.as_deref(),
+        Some(&EntryEvent::Delete { target: Seq(1) })
+    );
+    assert_eq!(seqs(&listener.wait_for(3).await), vec![1, 2, 3]);
+    let page = log
+        .read(&room("r"), HistoryQuery::Latest { limit: 10 })
+        .await
+        .unwrap();
+    assert_eq!(seqs(&page.messages), vec![2]);
+    refused_with(
+        log.append(event(
+            "r",
+            "ann",
+            "e1",
+            "x",
+            NewEvent::Edit { target: Seq(1) },
+        ))
+        .await,
+        ErrorCode::NotFound,
+        "an edit of a deleted message",
+    );
+    refused_with(
+        log.append(event(
+            "r",
+            "ann",
+            "d2",
+            "",
+            NewEvent::Delete { target: Seq(1) },
+        ))
+        .await,
+        ErrorCode::NotFound,
+        "deleting twice",
+    );
+    assert!(
+        matches!(
+            log.delete(&room("r"), Seq(1)).await.unwrap(),
+            Deletion::AlreadyDeleted { .. }
+        ),
+        "the socket's deletion is the management API's tombstone"
+    );
+
+    // Reactions: one per user and emoji, counts with the entry and in history.
+    let (log, _) = fresh().await;
+    log.append(msg("r", "ann", "m1", "x")).await.unwrap();
+    let one = log
+        .append(event("r", "bob", "r1", "", react(1, "👍", true)))
+        .await
+        .unwrap();
+    assert_eq!(
+        one.message.event.as_deref(),
+        Some(&EntryEvent::Reaction {
+            target: Seq(1),
+            emoji: "👍".into(),
+            on: true,
+            counts: counts(&[("👍", 1)]),
+        })
+    );
+    let twice = log
+        .append(event("r", "bob", "r2", "", react(1, "👍", true)))
+        .await
+        .unwrap();
+    assert_eq!(twice.message.seq, Seq(3), "a repeated reaction is an entry");
+    assert!(
+        matches!(twice.message.event.as_deref(), Some(EntryEvent::Reaction { counts: c, .. }) if *c == counts(&[("👍", 1)])),
+        "but one per user and emoji: {:?}",
+        twice.message.event
+    );
+    log.append(event("r", "cy", "r1", "", react(1, "👍", true)))
+        .await
+        .unwrap();
+    log.append(event("r", "cy", "r2", "", react(1, "🎉", true)))
+        .await
+        .unwrap();
+    let page = log
+        .read(&room("r"), HistoryQuery::Latest { limit: 10 })
+        .await
+        .unwrap();
+    assert_eq!(page.messages[0].reactions, counts(&[("🎉", 1), ("👍", 2)]));
+    let off = log
+        .append(event("r", "bob", "r3", "", react(1, "👍", false)))
+        .await
+        .unwrap();
+    assert!(
+        matches!(off.message.event.as_deref(), Some(EntryEvent::Reaction { on: false, counts: c, .. }) if *c == counts(&[("🎉", 1), ("👍", 1)])),
+        "{:?}",
+        off.message.event
+    );
+    log.append(event("r", "cy", "r4", "", react(1, "🎉", false)))
+        .await
+        .unwrap();
+    let page = log
+        .read(&room("r"), HistoryQuery::Latest { limit: 10 })
+        .await
+        .unwrap();
+    assert_eq!(
+        page.messages[0].reactions,
+        counts(&[("👍", 1)]),
+        "zero counts are left out"
+    );
+    // A bounded number of distinct emojis per message.
+    for i in 1..crate::protocol::MAX_EMOJIS_PER_MESSAGE {
+        log.append(event(
+            "r",
+            "ann",
+            &format!("e{i}"),
+            "",
+            react(1, &format!(":e{i}:"), true),
+        ))
+        .await
+        .unwrap();
+    }
+    refused_with(
+        log.append(event(
+            "r",
+            "ann",
+            "over",
+            "",
+            react(1, ":one-too-many:", true),
+        ))
+        .await,
+        ErrorCode::BadRequest,
+        "one emoji past the limit",
+    );
+    log.append(event("r", "bob", "again", "", react(1, ":e1:", true)))
+        .await
+        .expect("an emoji already on the message is still fine");
+
+    // read_entries: messages now and every event entry, in seq order, paged; history pages
+    // count messages only.
+    let (log, _) = fresh().await;
+    log.append(msg("r", "ann", "m1", "a")).await.unwrap();
+    log.append(msg("r", "bob", "m2", "b")).await.unwrap();
+    log.append(event(
+        "r",
+        "ann",
+        "e1",
+        "A",
+        NewEvent::Edit { target: Seq(1) },
+    ))
+    .await
+    .unwrap();
+    log.append(event("r", "bob", "r1", "", react(1, "👍", true)))
+        .await
+        .unwrap();
+    log.append(event(
+        "r",
+        "bob",
+        "d1",
+        "",
+        NewEvent::Delete { target: Seq(2) },
+    ))
+    .await
+    .unwrap();
+    log.append(msg("r", "ann", "m3", "c")).await.unwrap();
+    let all = log.read_entries(&room("r"), Seq(0), 100).await.unwrap();
+    assert_eq!(
+        seqs(&all.messages),
+        vec![1, 3, 4, 5, 6],
+        "the deleted message is skipped"
+    );
+    assert!(!all.more);
+    assert_eq!(all.messages[0].data, "A", "messages as they are now");
+    assert_eq!(all.messages[0].reactions, counts(&[("👍", 1)]));
+    assert!(matches!(
+        all.messages[1].event.as_deref(),
+        Some(EntryEvent::Edit { target: Seq(1) })
+    ));
+    assert_eq!(all.messages[1].data, "A");
+    assert!(matches!(
+        all.messages[2].event.as_deref(),
+        Some(EntryEvent::Reaction { .. })
+    ));
+    assert!(matches!(
+        all.messages[3].event.as_deref(),
+        Some(EntryEvent::Delete { target: Seq(2) })
+    ));
+    assert!(all.messages[4].is_message());
+    let first = log.read_entries(&room("r"), Seq(2), 2).await.unwrap();
+    assert_eq!(seqs(&first.messages), vec![3, 4]);
+    assert!(first.more);
+    let rest = log.read_entries(&room("r"), Seq(4), 2).await.unwrap();
+    assert_eq!(seqs(&rest.messages), vec![5, 6]);
+    assert!(!rest.more);
+    assert!(
+        log.read_entries(&room("none"), Seq(0), 10)
+            .await
+            .unwrap()
+            .messages
+            .is_empty()
+    );
+    let page = log
+        .read(&room("r"), HistoryQuery::Latest { limit: 2 })
+        .await
+        .unwrap();
+    assert_eq!(seqs(&page.messages), vec![1, 6]);
+    assert!(!page.more, "events and tombstones are not older messages");
+    let before = log
+        .read(
+            &room("r"),
+            HistoryQuery::Before {
+                seq: Seq(6),
+                limit: 5,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(seqs(&before.messages), vec![1]);
+
+    // Read positions: monotonic per room and user, not past the head.
+    let (log, _) = fresh().await;
+    for i in 1..=5 {
+        log.append(msg("r", "ann", &format!("m{i}"), "x"))
+            .await
+            .unwrap();
+    }
+    log.append(msg("s", "ann", "m1", "x")).await.unwrap();
+    let r = room("r");
+    assert!(log.read_positions(&r).await.unwrap().is_empty());
+    assert_eq!(
+        log.mark_read(&r, &user("bob"), Seq(3)).await.unwrap(),
+        ReadMark {
+            seq: Seq(3),
+            moved: true
+        }
+    );
+    assert_eq!(
+        log.mark_read(&r, &user("bob"), Seq(2)).await.unwrap(),
+        ReadMark {
+            seq: Seq(3),
+            moved: false
+        },
+        "never back"
+    );
+    assert_eq!(
+        log.mark_read(&r, &user("bob"), Seq(3)).await.unwrap(),
+        ReadMark {
+            seq: Seq(3),
+            moved: false
+        }
+    );
+    assert!(
+        matches!(
+            log.mark_read(&r, &user("bob"), Seq(6)).await,
+            Err(StoreError::Refused(e)) if e.code == ErrorCode::BadRequest
+        ),
+        "past the head"
+    );
+    log.mark_read(&r, &user("cy"), Seq(5)).await.unwrap();
+    log.mark_read(&room("s"), &user("bob"), Seq(1))
+        .await
+        .unwrap();
+    let mut positions = log.read_positions(&r).await.unwrap();
+    positions.sort();
+    assert_eq!(positions, vec![(user("bob"), Seq(3)), (user("cy"), Seq(5))]);
+    assert_eq!(
+        log.read_positions(&room("s")).await.unwrap(),
+        vec![(user("bob"), Seq(1))]
+    );
+
+    // Concurrent reactions to one message from many users: every one counted once.
+    let (log, _) = fresh().await;
+    log.append(msg("r", "ann", "m1", "x")).await.unwrap();
+    let mut tasks = JoinSet::new();
+    for i in 0..40 {
+        let log = log.clone();
+        tasks.spawn(async move {
+            log.append(event("r", &format!("u{i}"), "r", "", react(1, "👍", true)))
+                .await
+                .unwrap()
+        });
+    }
+    let mut entry_seqs = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        entry_seqs.push(done.unwrap().message.seq.0);
+    }
+    entry_seqs.sort();
+    assert_eq!(entry_seqs, (2..=41).collect::<Vec<_>>(), "no gap, no reuse");
+    let page = log
+        .read(&room("r"), HistoryQuery::Latest { limit: 1 })
+        .await
+        .unwrap();
+    assert_eq!(page.messages[0].reactions, counts(&[("👍", 40)]));
 }
 
 fn seqs(messages: &[Arc<ChatMessage>]) -> Vec<u64> {

@@ -143,6 +143,11 @@ pub enum StoreError {
     /// The backend failed (I/O, SQLite, network). The text is for logs, not for clients.
     #[error("store backend failed: {0}")]
     Backend(String),
+    /// The store refused the request as the client sent it (an edit of someone else's
+    /// message, a reaction to a message that does not exist): nothing was changed, and a retry
+    /// would be refused too. The error says what to fix and goes to the client as it is.
+    #[error("{0}")]
+    Refused(ChatError),
 }
 
 impl From<StoreError> for ChatError {
@@ -150,6 +155,7 @@ impl From<StoreError> for ChatError {
     /// only what to do.
     fn from(e: StoreError) -> Self {
         let message = match e {
+            StoreError::Refused(e) => return e,
             StoreError::Closed => {
                 "the server is shutting down and nothing was changed; retry (a message with the same id)"
             }

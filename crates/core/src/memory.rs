@@ -1,25 +1,121 @@
 //! In-memory adapters of the store ports: the reference the conformance suite is written
 //! against, and the store for unit tests. Nothing here survives the process.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
 
 use crate::ports::{
     Appended, Claim, CommitListener, ConnectionRecord, ConnectionStore, DeadLetter, DeadLetters,
-    Deletion, MessageLog, NewDeadLetter, NewMessage, Purge, StoreError, StoreLifecycle,
+    Deletion, MessageLog, NewDeadLetter, NewEvent, NewMessage, Purge, ReadMark, StoreError,
+    StoreLifecycle, check_event, refusal,
 };
-use crate::protocol::{ChatMessage, HistoryQuery, Page};
+use crate::protocol::{
+    ChatMessage, EntryEvent, HistoryQuery, MAX_EMOJIS_PER_MESSAGE, Page, ReactionCounts,
+};
 use crate::types::{ConnectionId, RoomId, Seq, UserName, now_ms};
 
 #[derive(Default)]
 struct RoomLog {
+    /// Every entry as appended (messages and events), at index seq - 1.
     messages: Vec<Arc<ChatMessage>>,
     /// (user, id) → seq, for idempotent appends.
     ids: HashMap<(UserName, String), Seq>,
     /// Tombstones: seq → when it was deleted.
     deleted: HashMap<Seq, u64>,
+    /// Edited messages: seq → (text now, when).
+    edits: HashMap<Seq, (String, u64)>,
+    /// Reactions now: seq → emoji → who.
+    reactions: HashMap<Seq, BTreeMap<String, BTreeSet<UserName>>>,
+    /// Read positions by user.
+    read: HashMap<UserName, Seq>,
+}
+
+impl RoomLog {
+    /// A message as it is now (edited text, reaction counts).
+    fn current(&self, m: &Arc<ChatMessage>) -> Arc<ChatMessage> {
+        let edit = self.edits.get(&m.seq);
+        let reactions = self.reactions.get(&m.seq);
+        if edit.is_none() && reactions.is_none() {
+            return m.clone();
+        }
+        let mut now = (**m).clone();
+        if let Some((data, at)) = edit {
+            now.data = data.clone();
+            now.edited_at = Some(*at);
+        }
+        if let Some(r) = reactions {
+            now.reactions = counts(r);
+        }
+        Arc::new(now)
+    }
+
+    /// Checks and applies an event entry at `ts`; the event as stored.
+    fn apply(
+        &mut self,
+        room: &RoomId,
+        user: &UserName,
+        data: &str,
+        event: NewEvent,
+        ts: u64,
+    ) -> Result<EntryEvent, StoreError> {
+        let target = match &event {
+            NewEvent::Edit { target }
+            | NewEvent::Delete { target }
+            | NewEvent::React { target, .. } => *target,
+        };
+        let found = (target.0 >= 1)
+            .then(|| self.messages.get((target.0 - 1) as usize))
+            .flatten()
+            .map(|m| (&m.user, m.is_message(), self.deleted.contains_key(&target)));
+        check_event(room, &event, user, found)?;
+        Ok(match event {
+            NewEvent::Edit { target } => {
+                self.edits.insert(target, (data.to_owned(), ts));
+                EntryEvent::Edit { target }
+            }
+            NewEvent::Delete { target } => {
+                self.deleted.insert(target, ts);
+                EntryEvent::Delete { target }
+            }
+            NewEvent::React { target, emoji, on } => {
+                let reactions = self.reactions.entry(target).or_default();
+                if on {
+                    if !reactions.contains_key(&emoji) && reactions.len() >= MAX_EMOJIS_PER_MESSAGE
+                    {
+                        return Err(refusal::too_many_emojis(room, target));
+                    }
+                    reactions
+                        .entry(emoji.clone())
+                        .or_default()
+                        .insert(user.clone());
+                } else if let Some(users) = reactions.get_mut(&emoji) {
+                    users.remove(user);
+                    if users.is_empty() {
+                        reactions.remove(&emoji);
+                    }
+                }
+                let counts = counts(reactions);
+                if reactions.is_empty() {
+                    self.reactions.remove(&target);
+                }
+                EntryEvent::Reaction {
+                    target,
+                    emoji,
+                    on,
+                    counts,
+                }
+            }
+        })
+    }
+}
+
+fn counts(reactions: &BTreeMap<String, BTreeSet<UserName>>) -> ReactionCounts {
+    reactions
+        .iter()
+        .map(|(emoji, users)| (emoji.clone(), users.len() as u64))
+        .collect()
 }
 
 /// A [`MessageLog`] in a mutex. The listener is called under the lock, which keeps the per-room
@@ -57,14 +153,14 @@ impl MessageLog for MemoryLog {
             });
         }
         let seq = Seq(log.messages.len() as u64 + 1);
-        let message = Arc::new(ChatMessage {
-            room: m.room,
-            seq,
-            id: key.1.clone(),
-            user: key.0.clone(),
-            data: m.data,
-            ts: now_ms(),
-        });
+        let ts = now_ms();
+        let event = match m.event {
+            Some(event) => Some(Box::new(log.apply(&m.room, &key.0, &m.data, event, ts)?)),
+            None => None,
+        };
+        let mut message = ChatMessage::new(m.room, seq, key.1.clone(), key.0.clone(), m.data, ts);
+        message.event = event;
+        let message = Arc::new(message);
         log.ids.insert(key, seq);
         log.messages.push(message.clone());
         self.listener.committed(std::slice::from_ref(&message));
@@ -92,16 +188,38 @@ impl MessageLog for MemoryLog {
         let Some(log) = rooms.get(room) else {
             return Ok(Page::default());
         };
-        if log.deleted.is_empty() {
-            return Ok(page_of(&log.messages, query));
-        }
         let live: Vec<_> = log
             .messages
             .iter()
-            .filter(|m| !log.deleted.contains_key(&m.seq))
-            .cloned()
+            .filter(|m| m.is_message() && !log.deleted.contains_key(&m.seq))
+            .map(|m| log.current(m))
             .collect();
         Ok(page_of(&live, query))
+    }
+
+    async fn read_entries(
+        &self,
+        room: &RoomId,
+        after: Seq,
+        limit: usize,
+    ) -> Result<Page, StoreError> {
+        let rooms = self.rooms();
+        let Some(log) = rooms.get(room) else {
+            return Ok(Page::default());
+        };
+        let entries: Vec<_> = log
+            .messages
+            .iter()
+            .filter(|m| !(m.is_message() && log.deleted.contains_key(&m.seq)))
+            .map(|m| {
+                if m.is_message() {
+                    log.current(m)
+                } else {
+                    m.clone()
+                }
+            })
+            .collect();
+        Ok(page_of(&entries, HistoryQuery::After { seq: after, limit }))
     }
 
     async fn delete(&self, room: &RoomId, seq: Seq) -> Result<Deletion, StoreError> {
@@ -118,6 +236,42 @@ impl MessageLog for MemoryLog {
         let at = now_ms();
         log.deleted.insert(seq, at);
         Ok(Deletion::Deleted { at })
+    }
+
+    async fn mark_read(
+        &self,
+        room: &RoomId,
+        user: &UserName,
+        seq: Seq,
+    ) -> Result<ReadMark, StoreError> {
+        let mut rooms = self.rooms();
+        let head = rooms.get(room).map_or(0, |log| log.messages.len() as u64);
+        if seq.0 > head {
+            return Err(refusal::read_past_head(room, seq, Seq(head)));
+        }
+        let Some(log) = rooms.get_mut(room) else {
+            return Ok(ReadMark {
+                seq: Seq::ZERO,
+                moved: false,
+            });
+        };
+        let now = log.read.get(user).copied().unwrap_or_default();
+        if seq <= now {
+            return Ok(ReadMark {
+                seq: now,
+                moved: false,
+            });
+        }
+        log.read.insert(user.clone(), seq);
+        Ok(ReadMark { seq, moved: true })
+    }
+
+    async fn read_positions(&self, room: &RoomId) -> Result<Vec<(UserName, Seq)>, StoreError> {
+        Ok(self
+            .rooms()
+            .get(room)
+            .map(|log| log.read.iter().map(|(u, s)| (u.clone(), *s)).collect())
+            .unwrap_or_default())
     }
 }
 
@@ -329,6 +483,8 @@ mod conformance_tests {
     #[tokio::test]
     async fn memory_log_passes_the_conformance_suite() {
         conformance::message_log(|listener| async move { Arc::new(MemoryLog::new(listener)) as _ })
+            .await;
+        conformance::events(|listener| async move { Arc::new(MemoryLog::new(listener)) as _ })
             .await;
     }
 

@@ -8,17 +8,133 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 pub use crate::error::StoreError;
+use crate::error::{ChatError, ErrorCode};
 use crate::protocol::{ChatMessage, HistoryQuery, Member, Mode, Page, PresenceEvent};
 use crate::types::{ConnectionId, RoomId, Seq, UserName};
 
-/// A message to append. The log assigns `seq` and `ts` at commit.
+/// An entry to append: a message, or with `event` an edit, deletion or reaction of an earlier
+/// message. The log assigns `seq` and `ts` at commit.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NewMessage {
     pub room: RoomId,
     /// The idempotency key: the same `(room, user, id)` is stored once.
     pub id: String,
     pub user: UserName,
+    /// The message's text, an edit's new text; empty for a deletion or reaction.
     pub data: String,
+    pub event: Option<NewEvent>,
+}
+
+impl NewMessage {
+    /// A plain message.
+    pub fn message(room: RoomId, id: String, user: UserName, data: String) -> Self {
+        NewMessage {
+            room,
+            id,
+            user,
+            data,
+            event: None,
+        }
+    }
+}
+
+/// What an event entry does to message `target` of its room (see [`MessageLog`]'s contract).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NewEvent {
+    /// Replace the text with the entry's `data`; only the author may.
+    Edit { target: Seq },
+    /// Make the message a tombstone; only the author may.
+    Delete { target: Seq },
+    /// Set (`on`) or take back the user's reaction `emoji`: one per user and emoji.
+    React {
+        target: Seq,
+        emoji: String,
+        on: bool,
+    },
+}
+
+/// The refusals a log gives an event entry, the same words in every store.
+pub mod refusal {
+    use super::*;
+
+    pub fn no_such_message(room: &RoomId, seq: Seq) -> StoreError {
+        StoreError::Refused(ChatError::not_found(format!(
+            "room {room} has no message {seq} (it may have been deleted)"
+        )))
+    }
+
+    pub fn not_a_message(room: &RoomId, seq: Seq) -> StoreError {
+        StoreError::Refused(ChatError::bad_request(format!(
+            "entry {seq} of room {room} is an edit, deletion or reaction, not a message"
+        )))
+    }
+
+    pub fn not_the_author(room: &RoomId, seq: Seq, action: &str) -> StoreError {
+        StoreError::Refused(ChatError::new(
+            ErrorCode::Forbidden,
+            format!("only the author of message {seq} in room {room} may {action} it"),
+        ))
+    }
+
+    pub fn too_many_emojis(room: &RoomId, seq: Seq) -> StoreError {
+        StoreError::Refused(ChatError::bad_request(format!(
+            "message {seq} in room {room} already has {} different reactions; use one of them",
+            crate::protocol::MAX_EMOJIS_PER_MESSAGE
+        )))
+    }
+
+    pub fn unsupported(what: &str, store: &str) -> StoreError {
+        StoreError::Refused(ChatError::bad_request(format!(
+            "{what}: not supported by the {store} store yet"
+        )))
+    }
+
+    pub fn read_past_head(room: &RoomId, seq: Seq, head: Seq) -> StoreError {
+        StoreError::Refused(ChatError::bad_request(format!(
+            "room {room} has entries through {head}; `seq` {seq} is past them"
+        )))
+    }
+}
+
+/// Whether a log accepts an event entry on `target` (a message by `author`, deleted or not),
+/// the checks every store makes in the same order: the message exists and is not deleted, is
+/// a message, and for an edit or delete, belongs to the entry's user.
+pub fn check_event(
+    room: &RoomId,
+    event: &NewEvent,
+    user: &UserName,
+    target: Option<(&UserName, bool, bool)>,
+) -> Result<(), StoreError> {
+    let seq = match event {
+        NewEvent::Edit { target }
+        | NewEvent::Delete { target }
+        | NewEvent::React { target, .. } => *target,
+    };
+    let Some((author, is_message, deleted)) = target else {
+        return Err(refusal::no_such_message(room, seq));
+    };
+    if !is_message {
+        return Err(refusal::not_a_message(room, seq));
+    }
+    if deleted {
+        return Err(refusal::no_such_message(room, seq));
+    }
+    match event {
+        NewEvent::Edit { .. } if author != user => Err(refusal::not_the_author(room, seq, "edit")),
+        NewEvent::Delete { .. } if author != user => {
+            Err(refusal::not_the_author(room, seq, "delete"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// A user's read position after [`MessageLog::mark_read`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadMark {
+    /// Where it is now (never lower than before).
+    pub seq: Seq,
+    /// Whether this call moved it.
+    pub moved: bool,
 }
 
 /// The result of an append: the committed message, and whether it had been committed before.
@@ -54,7 +170,14 @@ pub enum Deletion {
 /// - a failed append stores nothing and is safe to retry;
 /// - a deleted message stays as a tombstone: reads skip it, its seq is not reused and its
 ///   `(room, user, id)` still deduplicates;
-/// - appends queued one after another with `queue_append` commit in that order.
+/// - appends queued one after another with `queue_append` commit in that order;
+/// - an event entry ([`NewEvent`]) takes the next seq like a message, after the checks of
+///   [`check_event`] (a refused one stores nothing and returns [`StoreError::Refused`]); the
+///   message it names is then read in its new state: `read` shows an edit's text with
+///   `edited_at`, skips a deleted message, and counts each user's last reaction per emoji
+///   (`reactions`), and a reaction entry carries the counts just after it;
+/// - `read` returns messages only; `read_entries` returns messages and event entries;
+/// - read positions only move forward, per room and user.
 #[async_trait]
 pub trait MessageLog: Send + Sync + 'static {
     async fn append(&self, message: NewMessage) -> Result<Appended, StoreError>;
@@ -80,6 +203,35 @@ pub trait MessageLog: Send + Sync + 'static {
 
     /// Marks the message a tombstone (kept, with the time, for point-in-time restore).
     async fn delete(&self, room: &RoomId, seq: Seq) -> Result<Deletion, StoreError>;
+
+    /// The entries with seq > `after`, oldest first, at most `limit`: messages in their current
+    /// state (deleted ones skipped) and event entries: what `join {after}` replays. A log that
+    /// stores no event entries reads them as its messages.
+    async fn read_entries(
+        &self,
+        room: &RoomId,
+        after: Seq,
+        limit: usize,
+    ) -> Result<Page, StoreError> {
+        self.read(room, HistoryQuery::After { seq: after, limit })
+            .await
+    }
+
+    /// Moves `user`'s read position in `room` to `seq` if that is past it. `seq` must not be
+    /// past the room's head.
+    async fn mark_read(
+        &self,
+        _room: &RoomId,
+        _user: &UserName,
+        _seq: Seq,
+    ) -> Result<ReadMark, StoreError> {
+        Err(refusal::unsupported("read receipts", "configured"))
+    }
+
+    /// The read positions of the room's users (unordered; users who read nothing are absent).
+    async fn read_positions(&self, _room: &RoomId) -> Result<Vec<(UserName, Seq)>, StoreError> {
+        Ok(Vec::new())
+    }
 }
 
 /// Told about every commit of a [`MessageLog`]: this is the fan-out's subscription to the log.
@@ -148,6 +300,10 @@ pub trait RoomMembership: Send + Sync + 'static {
         user: &UserName,
         connection: &ConnectionId,
     );
+
+    /// Gives the room's v1 members (but `except`) a frame that is not stored (a read receipt,
+    /// a typing notice); in a cluster, on every node.
+    fn signal(&self, room: &RoomId, frame: &str, except: Option<&ConnectionId>);
 }
 
 /// The socket is gone; the connection task should stop.

@@ -8,6 +8,7 @@
 //! Decoding borrows from the frame text: a field is copied only when it has JSON escapes.
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -45,8 +46,15 @@ impl Mode {
     }
 }
 
-/// A committed message: as stored, as returned by history and as delivered (`type: message`).
+/// A committed entry of a room's log: as stored, as returned by history and as delivered.
+///
+/// Most entries are messages (`type: message`). An entry with an [`event`](Self::event) is an
+/// edit, deletion or reaction of an earlier message: it takes its own seq in the same sequence
+/// (its `eventSeq` on the wire), is acked and deduplicated like a message, and is delivered as
+/// its event's frame ([`ServerFrame::entry`]). Then `user` is who did it, `data` an edit's new
+/// text (empty otherwise) and `ts` when.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ChatMessage {
     pub room: RoomId,
     pub seq: Seq,
@@ -56,6 +64,72 @@ pub struct ChatMessage {
     pub data: String,
     /// Commit time, milliseconds since the Unix epoch.
     pub ts: u64,
+    /// When the message was last edited (history and replay show messages as they are now).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edited_at: Option<u64>,
+    /// The message's reactions now: how many users reacted with each emoji (none: omitted).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub reactions: ReactionCounts,
+    /// `None` for a message; what this entry did to an earlier message otherwise.
+    #[serde(skip)]
+    pub event: Option<Box<EntryEvent>>,
+}
+
+impl ChatMessage {
+    /// A plain message entry (no edit, no reactions).
+    pub fn new(room: RoomId, seq: Seq, id: String, user: UserName, data: String, ts: u64) -> Self {
+        ChatMessage {
+            room,
+            seq,
+            id,
+            user,
+            data,
+            ts,
+            edited_at: None,
+            reactions: ReactionCounts::new(),
+            event: None,
+        }
+    }
+
+    /// Whether this entry is a message (not an event about one).
+    pub fn is_message(&self) -> bool {
+        self.event.is_none()
+    }
+}
+
+/// Reaction counts by emoji, in a stable order.
+pub type ReactionCounts = BTreeMap<String, u64>;
+
+/// Longest reaction emoji (a short code like `:+1:` or an emoji with modifiers).
+pub const MAX_EMOJI_LEN: usize = 32;
+/// Most distinct emojis on one message; a reaction with a new one beyond it is refused.
+pub const MAX_EMOJIS_PER_MESSAGE: usize = 50;
+
+/// What an event entry of the log did to message `target` of its room.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EntryEvent {
+    /// The author replaced the text (the entry's `data`).
+    Edit { target: Seq },
+    /// The author deleted it (it is a tombstone now).
+    Delete { target: Seq },
+    /// The entry's user set (`on`) or took back one reaction; `counts` are the message's
+    /// reaction counts just after.
+    Reaction {
+        target: Seq,
+        emoji: String,
+        on: bool,
+        counts: ReactionCounts,
+    },
+}
+
+impl EntryEvent {
+    pub fn target(&self) -> Seq {
+        match self {
+            EntryEvent::Edit { target }
+            | EntryEvent::Delete { target }
+            | EntryEvent::Reaction { target, .. } => *target,
+        }
+    }
 }
 
 /// Which page of a room's log to read.
@@ -131,6 +205,31 @@ pub enum ClientFrame<'a> {
     History { room: RoomId, query: HistoryQuery },
     /// `{"action":"members","room":"r"}`.
     Members { room: RoomId },
+    /// `{"action":"edit","room":"r","seq":7,"data":"new text","id":"c2"}`: the author only.
+    Edit {
+        room: RoomId,
+        seq: Seq,
+        data: Cow<'a, str>,
+        id: Option<Cow<'a, str>>,
+    },
+    /// `{"action":"delete","room":"r","seq":7,"id":"c3"}`: the author only.
+    Delete {
+        room: RoomId,
+        seq: Seq,
+        id: Option<Cow<'a, str>>,
+    },
+    /// `{"action":"react","room":"r","seq":7,"emoji":"👍","on":true,"id":"c4"}`.
+    React {
+        room: RoomId,
+        seq: Seq,
+        emoji: Cow<'a, str>,
+        on: bool,
+        id: Option<Cow<'a, str>>,
+    },
+    /// `{"action":"read","room":"r","seq":7}`: the user has read the room through `seq`.
+    Read { room: RoomId, seq: Seq },
+    /// `{"action":"typing","room":"r"}`.
+    Typing { room: RoomId },
     /// Any other action: the `$default` route.
     Default { action: Cow<'a, str> },
 }
@@ -155,6 +254,12 @@ struct RawFrame<'a> {
     before: Option<&'a RawValue>,
     #[serde(borrow)]
     limit: Option<&'a RawValue>,
+    #[serde(borrow)]
+    seq: Option<&'a RawValue>,
+    #[serde(borrow)]
+    emoji: Option<&'a RawValue>,
+    #[serde(borrow)]
+    on: Option<&'a RawValue>,
 }
 
 /// Why a frame could not be decoded.
@@ -209,8 +314,29 @@ impl<'a> ClientFrame<'a> {
     /// The client's `id`, if the frame carried a readable one; echoed in `error` frames.
     pub fn request_id(&self) -> Option<&str> {
         match self {
-            ClientFrame::SendMessage { id, .. } => id.as_deref(),
+            ClientFrame::SendMessage { id, .. }
+            | ClientFrame::Edit { id, .. }
+            | ClientFrame::Delete { id, .. }
+            | ClientFrame::React { id, .. } => id.as_deref(),
             _ => None,
+        }
+    }
+
+    /// The room the frame names, for the token's room check (compat frames are resolved by
+    /// the caller).
+    pub fn room(&self) -> Option<&RoomId> {
+        match self {
+            ClientFrame::SendMessage { room, .. } => room.as_ref(),
+            ClientFrame::Join { room, .. }
+            | ClientFrame::Leave { room }
+            | ClientFrame::History { room, .. }
+            | ClientFrame::Members { room }
+            | ClientFrame::Edit { room, .. }
+            | ClientFrame::Delete { room, .. }
+            | ClientFrame::React { room, .. }
+            | ClientFrame::Read { room, .. }
+            | ClientFrame::Typing { room } => Some(room),
+            ClientFrame::Default { .. } => None,
         }
     }
 }
@@ -220,7 +346,7 @@ impl<'a> RawFrame<'a> {
         let action = string_field("action", self.action)?.ok_or_else(|| {
             ChatError::bad_request(
                 "missing `action`: send {\"action\":\"sendmessage\",\"room\":\"general\",\"data\":\"hi\"} \
-                 or one of join, leave, history, members",
+                 or one of join, leave, history, members, edit, delete, react, read, typing",
             )
         })?;
         Ok(match &*action {
@@ -234,17 +360,73 @@ impl<'a> RawFrame<'a> {
                         "sendmessage needs a `data` string: {\"action\":\"sendmessage\",\"room\":\"general\",\"data\":\"hi\"}",
                     )
                 })?;
-                let id = string_field("id", self.id)?;
-                if let Some(id) = &id
-                    && (id.is_empty() || id.len() > MAX_MESSAGE_ID_LEN)
-                {
-                    return Err(ChatError::bad_request(format!(
-                        "`id` must be 1 to {MAX_MESSAGE_ID_LEN} bytes long"
-                    )));
-                }
+                let id = id_field(self.id)?;
                 let room = self.room.map(|r| room_field(Some(r))).transpose()?;
                 ClientFrame::SendMessage { room, data, id }
             }
+            "edit" => {
+                let id = id_field(self.id)?;
+                let data = string_field("data", self.data)?.ok_or_else(|| {
+                    ChatError::bad_request(
+                        "edit needs the new text in `data`: {\"action\":\"edit\",\"room\":\"general\",\"seq\":7,\"data\":\"fixed\"}",
+                    )
+                })?;
+                ClientFrame::Edit {
+                    room: room_field(self.room)?,
+                    seq: target_field("edit", self.seq)?,
+                    data,
+                    id,
+                }
+            }
+            "delete" => ClientFrame::Delete {
+                id: id_field(self.id)?,
+                room: room_field(self.room)?,
+                seq: target_field("delete", self.seq)?,
+            },
+            "react" => {
+                let id = id_field(self.id)?;
+                let emoji = string_field("emoji", self.emoji)?.ok_or_else(|| {
+                    ChatError::bad_request(
+                        "react needs an `emoji` string: {\"action\":\"react\",\"room\":\"general\",\"seq\":7,\"emoji\":\"👍\",\"on\":true}",
+                    )
+                })?;
+                if emoji.is_empty()
+                    || emoji.len() > MAX_EMOJI_LEN
+                    || emoji.chars().any(|c| c.is_control() || c.is_whitespace())
+                {
+                    return Err(ChatError::bad_request(format!(
+                        "`emoji` must be 1 to {MAX_EMOJI_LEN} bytes without spaces or control characters"
+                    )));
+                }
+                let on = match self.on.map(RawValue::get) {
+                    None | Some("null") | Some("true") => true,
+                    Some("false") => false,
+                    Some(other) => {
+                        return Err(ChatError::bad_request(format!(
+                            "field `on` must be true (add the reaction) or false (take it back), got {}",
+                            preview(other)
+                        )));
+                    }
+                };
+                ClientFrame::React {
+                    room: room_field(self.room)?,
+                    seq: target_field("react", self.seq)?,
+                    emoji,
+                    on,
+                    id,
+                }
+            }
+            "read" => ClientFrame::Read {
+                room: room_field(self.room)?,
+                seq: u64_field("seq", self.seq)?.map(Seq).ok_or_else(|| {
+                    ChatError::bad_request(
+                        "read needs the `seq` read through: {\"action\":\"read\",\"room\":\"general\",\"seq\":7}",
+                    )
+                })?,
+            },
+            "typing" => ClientFrame::Typing {
+                room: room_field(self.room)?,
+            },
             "join" => ClientFrame::Join {
                 room: room_field(self.room)?,
                 after: u64_field("after", self.after)?.map(Seq),
@@ -265,6 +447,29 @@ impl<'a> RawFrame<'a> {
             },
             _ => ClientFrame::Default { action },
         })
+    }
+}
+
+/// The optional idempotency key of a send, edit, delete or reaction.
+fn id_field(raw: Option<&RawValue>) -> Result<Option<Cow<'_, str>>, ChatError> {
+    let id = string_field("id", raw)?;
+    if let Some(id) = &id
+        && (id.is_empty() || id.len() > MAX_MESSAGE_ID_LEN)
+    {
+        return Err(ChatError::bad_request(format!(
+            "`id` must be 1 to {MAX_MESSAGE_ID_LEN} bytes long"
+        )));
+    }
+    Ok(id)
+}
+
+/// The `seq` of the message an edit, delete or reaction is about.
+fn target_field(action: &str, raw: Option<&RawValue>) -> Result<Seq, ChatError> {
+    match u64_field("seq", raw)? {
+        Some(seq) if seq > 0 => Ok(Seq(seq)),
+        _ => Err(ChatError::bad_request(format!(
+            "{action} needs the `seq` of the message (1 or more), as in its `message` frame"
+        ))),
     }
 }
 
@@ -372,10 +577,50 @@ pub enum ServerFrame {
         duplicate: bool,
     },
     /// The join took effect; `seq` is the room's last committed seq at that moment. A join with
-    /// `after` is followed by the messages `after+1 ..= seq`, then live ones.
+    /// `after` is followed by the entries `after+1 ..= seq`, then live ones. `lastRead` is the
+    /// user's read position in the room (0: nothing read yet).
     Joined {
         room: RoomId,
         seq: Seq,
+        #[serde(default)]
+        last_read: Seq,
+    },
+    /// Message `seq` was edited by its author (event entry `eventSeq`).
+    Edited {
+        room: RoomId,
+        seq: Seq,
+        data: String,
+        user: UserName,
+        edited_at: u64,
+        event_seq: Seq,
+    },
+    /// Message `seq` was deleted (event entry `eventSeq`).
+    Deleted {
+        room: RoomId,
+        seq: Seq,
+        event_seq: Seq,
+    },
+    /// `user` set (`on`) or took back a reaction to message `seq`; `counts` are its reaction
+    /// counts now (event entry `eventSeq`).
+    Reaction {
+        room: RoomId,
+        seq: Seq,
+        emoji: String,
+        user: UserName,
+        on: bool,
+        counts: ReactionCounts,
+        event_seq: Seq,
+    },
+    /// `user` has read the room through `seq` (not in the log; positions only move forward).
+    Read {
+        room: RoomId,
+        user: UserName,
+        seq: Seq,
+    },
+    /// `user` is typing in the room; show it for 5 s unless another comes (not stored).
+    Typing {
+        room: RoomId,
+        user: UserName,
     },
     Left {
         room: RoomId,
@@ -412,6 +657,43 @@ pub enum ServerFrame {
 }
 
 impl ServerFrame {
+    /// The frame that delivers a log entry: `message`, or its event's frame.
+    pub fn entry(entry: &Arc<ChatMessage>) -> Self {
+        let Some(event) = &entry.event else {
+            return ServerFrame::Message(entry.clone());
+        };
+        let (room, event_seq) = (entry.room.clone(), entry.seq);
+        match &**event {
+            EntryEvent::Edit { target } => ServerFrame::Edited {
+                room,
+                seq: *target,
+                data: entry.data.clone(),
+                user: entry.user.clone(),
+                edited_at: entry.ts,
+                event_seq,
+            },
+            EntryEvent::Delete { target } => ServerFrame::Deleted {
+                room,
+                seq: *target,
+                event_seq,
+            },
+            EntryEvent::Reaction {
+                target,
+                emoji,
+                on,
+                counts,
+            } => ServerFrame::Reaction {
+                room,
+                seq: *target,
+                emoji: emoji.clone(),
+                user: entry.user.clone(),
+                on: *on,
+                counts: counts.clone(),
+                event_seq,
+            },
+        }
+    }
+
     pub fn error(id: Option<&str>, e: &ChatError) -> Self {
         ServerFrame::Error {
             id: id.map(str::to_owned),
@@ -449,6 +731,9 @@ pub struct Limits {
 pub struct Member {
     pub connection_id: ConnectionId,
     pub user: UserName,
+    /// The user's read position in the room (0: nothing read yet); filled in by `members`.
+    #[serde(default)]
+    pub last_read: Seq,
 }
 
 /// A connection as `GET /@connections/{id}` and the `$default` reply describe it.
@@ -631,14 +916,14 @@ mod tests {
 
     #[test]
     fn server_frames_round_trip() {
-        let msg = Arc::new(ChatMessage {
-            room: RoomId::parse("r").unwrap(),
-            seq: Seq(3),
-            id: "c1".into(),
-            user: UserName::parse("ann").unwrap(),
-            data: "hi".into(),
-            ts: 5,
-        });
+        let msg = Arc::new(ChatMessage::new(
+            RoomId::parse("r").unwrap(),
+            Seq(3),
+            "c1".into(),
+            UserName::parse("ann").unwrap(),
+            "hi".into(),
+            5,
+        ));
         let json = ServerFrame::Message(msg.clone()).to_json();
         assert_eq!(
             json,

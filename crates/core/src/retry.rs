@@ -13,9 +13,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use rand::Rng;
 
-use crate::ports::{Appended, Deletion, MessageLog, NewMessage, QueuedAppend, StoreError};
+use crate::ports::{
+    Appended, Deletion, MessageLog, NewMessage, QueuedAppend, ReadMark, StoreError,
+};
 use crate::protocol::{HistoryQuery, Page};
-use crate::types::{RoomId, Seq};
+use crate::types::{RoomId, Seq, UserName};
 
 /// How hard to try.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -124,6 +126,32 @@ impl MessageLog for RetryingLog {
     async fn delete(&self, room: &RoomId, seq: Seq) -> Result<Deletion, StoreError> {
         self.policy.run(|| self.inner.delete(room, seq)).await
     }
+
+    async fn read_entries(
+        &self,
+        room: &RoomId,
+        after: Seq,
+        limit: usize,
+    ) -> Result<Page, StoreError> {
+        self.policy
+            .run(|| self.inner.read_entries(room, after, limit))
+            .await
+    }
+
+    async fn mark_read(
+        &self,
+        room: &RoomId,
+        user: &UserName,
+        seq: Seq,
+    ) -> Result<ReadMark, StoreError> {
+        self.policy
+            .run(|| self.inner.mark_read(room, user, seq))
+            .await
+    }
+
+    async fn read_positions(&self, room: &RoomId) -> Result<Vec<(UserName, Seq)>, StoreError> {
+        self.policy.run(|| self.inner.read_positions(room)).await
+    }
 }
 
 #[cfg(test)]
@@ -176,12 +204,12 @@ mod tests {
     }
 
     fn message() -> NewMessage {
-        NewMessage {
-            room: RoomId::parse("r").unwrap(),
-            id: "m1".into(),
-            user: UserName::parse("ann").unwrap(),
-            data: "hi".into(),
-        }
+        NewMessage::message(
+            RoomId::parse("r").unwrap(),
+            "m1".into(),
+            UserName::parse("ann").unwrap(),
+            "hi".into(),
+        )
     }
 
     const QUICK: RetryPolicy = RetryPolicy {

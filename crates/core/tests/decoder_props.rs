@@ -709,17 +709,19 @@ fn chat_message() -> impl Strategy<Value = Arc<ChatMessage>> {
         user_name(),
         any::<String>(),
         any::<u64>(),
+        proptest::option::of(any::<u64>()),
+        reaction_counts(),
     )
-        .prop_map(|(room, seq, id, user, data, ts)| {
-            Arc::new(ChatMessage {
-                room,
-                seq: Seq(seq),
-                id,
-                user,
-                data,
-                ts,
-            })
+        .prop_map(|(room, seq, id, user, data, ts, edited_at, reactions)| {
+            let mut m = ChatMessage::new(room, Seq(seq), id, user, data, ts);
+            m.edited_at = edited_at;
+            m.reactions = reactions;
+            Arc::new(m)
         })
+}
+
+fn reaction_counts() -> impl Strategy<Value = std::collections::BTreeMap<String, u64>> {
+    prop::collection::btree_map("[^\\s]{1,8}", 1..u64::MAX, 0..4)
 }
 
 fn error_code() -> impl Strategy<Value = ErrorCode> {
@@ -755,10 +757,66 @@ fn server_frame() -> impl Strategy<Value = ServerFrame> {
                 ts,
                 duplicate
             }),
-        (room_name(), any::<u64>()).prop_map(|(room, seq)| ServerFrame::Joined {
-            room,
-            seq: Seq(seq)
+        (room_name(), any::<u64>(), any::<u64>()).prop_map(|(room, seq, last_read)| {
+            ServerFrame::Joined {
+                room,
+                seq: Seq(seq),
+                last_read: Seq(last_read),
+            }
         }),
+        (
+            room_name(),
+            any::<u64>(),
+            any::<String>(),
+            user_name(),
+            any::<u64>(),
+            any::<u64>()
+        )
+            .prop_map(|(room, seq, data, user, edited_at, event_seq)| {
+                ServerFrame::Edited {
+                    room,
+                    seq: Seq(seq),
+                    data,
+                    user,
+                    edited_at,
+                    event_seq: Seq(event_seq),
+                }
+            }),
+        (room_name(), any::<u64>(), any::<u64>()).prop_map(|(room, seq, event_seq)| {
+            ServerFrame::Deleted {
+                room,
+                seq: Seq(seq),
+                event_seq: Seq(event_seq),
+            }
+        }),
+        (
+            room_name(),
+            any::<u64>(),
+            "[^\\s]{1,8}",
+            user_name(),
+            any::<bool>(),
+            reaction_counts(),
+            any::<u64>()
+        )
+            .prop_map(|(room, seq, emoji, user, on, counts, event_seq)| {
+                ServerFrame::Reaction {
+                    room,
+                    seq: Seq(seq),
+                    emoji,
+                    user,
+                    on,
+                    counts,
+                    event_seq: Seq(event_seq),
+                }
+            }),
+        (room_name(), user_name(), any::<u64>()).prop_map(|(room, user, seq)| {
+            ServerFrame::Read {
+                room,
+                user,
+                seq: Seq(seq),
+            }
+        }),
+        (room_name(), user_name()).prop_map(|(room, user)| ServerFrame::Typing { room, user }),
         room_name().prop_map(|room| ServerFrame::Left { room }),
         (room_name(), any::<bool>(), user_name(), connection_id()).prop_map(
             |(room, joined, user, connection_id)| ServerFrame::Presence {
@@ -784,15 +842,16 @@ fn server_frame() -> impl Strategy<Value = ServerFrame> {
             }),
         (
             room_name(),
-            prop::collection::vec((connection_id(), user_name()), 0..4)
+            prop::collection::vec((connection_id(), user_name(), any::<u64>()), 0..4)
         )
             .prop_map(|(room, members)| ServerFrame::Members {
                 room,
                 members: members
                     .into_iter()
-                    .map(|(connection_id, user)| Member {
+                    .map(|(connection_id, user, last_read)| Member {
                         connection_id,
-                        user
+                        user,
+                        last_read: Seq(last_read),
                     })
                     .collect(),
             }),

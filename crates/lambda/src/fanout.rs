@@ -125,8 +125,14 @@ impl Fanout {
                 return;
             }
         };
+        let v1 = ServerFrame::entry(message).to_json();
+        // Edits, deletions and reactions have no compat form (the AWS sample's raw text).
+        let members: Vec<RoomMember> = if message.is_message() {
+            members
+        } else {
+            members.into_iter().filter(|m| m.mode == Mode::V1).collect()
+        };
         let compat = message.data.as_bytes();
-        let v1 = ServerFrame::Message(message.clone()).to_json();
         let tally = self
             .post_all(&members, |m| match m.mode {
                 Mode::Compat => compat,
@@ -144,9 +150,10 @@ impl Fanout {
         );
     }
 
-    /// Presence to the room's v1 members other than `about` (not stored, not dead-lettered:
-    /// a lost presence frame is corrected by the next `members`).
-    pub async fn presence(&self, room: &RoomId, about: &ConnectionId, frame: String) {
+    /// A frame that is not stored (presence, read receipts, typing) to the room's v1 members
+    /// other than `except`; not dead-lettered: a lost presence frame is corrected by the next
+    /// `members`, a read position by the next `join`, and typing expires anyway.
+    pub async fn signal(&self, room: &RoomId, except: Option<&ConnectionId>, frame: String) {
         let members = match self.store.room_members(room).await {
             Ok(members) => members,
             Err(e) => {
@@ -156,7 +163,7 @@ impl Fanout {
         };
         let targets: Vec<RoomMember> = members
             .into_iter()
-            .filter(|m| m.mode == Mode::V1 && &m.connection_id != about)
+            .filter(|m| m.mode == Mode::V1 && Some(&m.connection_id) != except)
             .collect();
         let payload = frame.as_bytes();
         futures_util::stream::iter(&targets)

@@ -160,6 +160,8 @@ impl<'a> Invocation<'a> {
                 effects: effects.clone(),
             }),
             limits: handler.config.limits,
+            // One gate per execution environment: typing is throttled per warm instance.
+            typing: TYPING.clone(),
         };
         Invocation {
             handler,
@@ -335,7 +337,13 @@ impl<'a> Invocation<'a> {
                 user: p.user,
                 connection_id: p.connection.clone(),
             };
-            self.fanout.presence(&p.room, caller, frame.to_json()).await;
+            self.fanout
+                .signal(&p.room, Some(caller), frame.to_json())
+                .await;
+        }
+        let signals = std::mem::take(&mut *lock(&self.effects.signals));
+        for (room, frame, except) in signals {
+            self.fanout.signal(&room, except.as_ref(), frame).await;
         }
     }
 }
@@ -380,11 +388,17 @@ fn offered_protocols(headers: &HeaderMap) -> Vec<String> {
         .collect()
 }
 
+/// Who had a `typing` forwarded when, shared by the invocations of this execution environment.
+static TYPING: std::sync::LazyLock<Arc<dynamowave_core::handlers::typing::TypingGate>> =
+    std::sync::LazyLock::new(Arc::default);
+
 /// What a handler caused that others must hear, collected during the invocation.
 #[derive(Default)]
 struct Effects {
     committed: Mutex<Vec<Arc<ChatMessage>>>,
     presence: Mutex<Vec<Presence>>,
+    /// Frames for the room's v1 members (read receipts, typing), but the connection given.
+    signals: Mutex<Vec<(RoomId, String, Option<ConnectionId>)>>,
 }
 
 struct Presence {
@@ -422,6 +436,7 @@ impl RoomMembership for InvocationRooms {
             .map(|m| Member {
                 connection_id: m.connection_id,
                 user: m.user,
+                last_read: dynamowave_core::Seq::ZERO,
             })
             .collect())
     }
@@ -439,6 +454,10 @@ impl RoomMembership for InvocationRooms {
             user: user.clone(),
             connection: connection.clone(),
         });
+    }
+
+    fn signal(&self, room: &RoomId, frame: &str, except: Option<&ConnectionId>) {
+        lock(&self.effects.signals).push((room.clone(), frame.to_owned(), except.cloned()));
     }
 }
 

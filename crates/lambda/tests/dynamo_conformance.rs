@@ -200,6 +200,7 @@ async fn writers_in_two_processes_share_one_gap_free_sequence() {
                             id: format!("{w}-{t}-{i}"),
                             user: UserName::parse("ann").unwrap(),
                             data: "x".into(),
+                            event: None,
                         })
                         .await
                         .unwrap();
@@ -239,6 +240,7 @@ async fn writers_in_two_processes_share_one_gap_free_sequence() {
             id: "0-0-0".into(),
             user: UserName::parse("ann").unwrap(),
             data: "x".into(),
+            event: None,
         })
         .await
         .unwrap();

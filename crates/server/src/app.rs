@@ -62,6 +62,7 @@ impl AppState {
                 connections: Arc::new(MemoryConnections::default()),
                 rooms: hub.clone(),
                 limits: AppState::limits(&config),
+                typing: Arc::default(),
             },
             peers: None,
             dead_letters: Arc::new(DeadLetterQueue::new(
@@ -191,6 +192,7 @@ impl Server {
                 connections: stores.connections.clone(),
                 rooms: stores.rooms.clone(),
                 limits: AppState::limits(&config),
+                typing: Arc::default(),
             },
             hub: hub.clone(),
             peers: stores.peers.clone(),

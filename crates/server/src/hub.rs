@@ -71,14 +71,20 @@ impl RoomBatch {
         let v1 = if has_v1 {
             let envelopes: Vec<String> = messages
                 .iter()
-                .map(|m| ServerFrame::Message((*m).clone()).to_json())
+                .map(|m| ServerFrame::entry(m).to_json())
                 .collect();
             FrameRun::encode(envelopes.iter().map(String::as_str))
         } else {
             FrameRun::default()
         };
         let compat = if has_compat {
-            FrameRun::encode(messages.iter().map(|m| m.data.as_str()))
+            // Compat clients (the AWS sample's) get message texts only: edits, deletions and
+            // reactions have no form there.
+            FrameRun::encode_slots(
+                messages
+                    .iter()
+                    .map(|m| m.is_message().then_some(m.data.as_str())),
+            )
         } else {
             FrameRun::default()
         };
@@ -103,7 +109,7 @@ impl RoomBatch {
             Mode::V1 => &self.v1,
             Mode::Compat => &self.compat,
         };
-        (run.from(first), self.seqs.len() - first)
+        (run.from(first), run.count_from(first))
     }
 }
 
@@ -298,6 +304,7 @@ impl Hub {
             .map(|m| Member {
                 connection_id: m.id.clone(),
                 user: m.user.clone(),
+                last_read: Seq::ZERO,
             })
             .collect()
     }
@@ -357,6 +364,29 @@ impl RoomMembership for Hub {
                 Arc::new(wire::text_frame(&text))
             });
             m.deliver(Outgoing::Direct(frame.clone()));
+        }
+    }
+
+    fn signal(&self, room: &RoomId, frame: &str, except: Option<&ConnectionId>) {
+        self.signal_here(room, frame, except);
+    }
+}
+
+impl Hub {
+    /// [`RoomMembership::signal`] on this node's members alone (a cluster calls it on every
+    /// node).
+    pub fn signal_here(&self, room: &RoomId, frame: &str, except: Option<&ConnectionId>) {
+        let rooms = read(&self.rooms);
+        let Some(members) = rooms.get(room) else {
+            return;
+        };
+        let mut encoded: Option<Arc<Bytes>> = None;
+        for m in members
+            .iter()
+            .filter(|m| m.mode == Mode::V1 && Some(&m.id) != except)
+        {
+            let encoded = encoded.get_or_insert_with(|| Arc::new(wire::text_frame(frame)));
+            m.deliver(Outgoing::Direct(encoded.clone()));
         }
     }
 }
@@ -436,14 +466,48 @@ mod tests {
     use dynamowave_core::UserName;
 
     fn message(room: &str, seq: u64, data: &str) -> Arc<ChatMessage> {
-        Arc::new(ChatMessage {
-            room: RoomId::parse(room).unwrap(),
-            seq: Seq(seq),
-            id: format!("id-{seq}"),
-            user: UserName::parse("ann").unwrap(),
-            data: data.to_owned(),
-            ts: 1,
-        })
+        Arc::new(ChatMessage::new(
+            RoomId::parse(room).unwrap(),
+            Seq(seq),
+            format!("id-{seq}"),
+            UserName::parse("ann").unwrap(),
+            data.to_owned(),
+            1,
+        ))
+    }
+
+    #[test]
+    fn compat_clients_get_no_frame_for_an_event_entry() {
+        let mut edit = (*message("r", 2, "new text")).clone();
+        edit.event = Some(Box::new(dynamowave_core::protocol::EntryEvent::Edit {
+            target: Seq(1),
+        }));
+        let entries = [message("r", 1, "a"), Arc::new(edit), message("r", 3, "b")];
+        let refs: Vec<&Arc<ChatMessage>> = entries.iter().collect();
+        let batch = RoomBatch::encode(&refs, (true, true), Instant::now());
+        let (frames, n) = batch.frames_after(Mode::Compat, Seq(0));
+        assert_eq!(n, 2);
+        assert_eq!(frames, FrameRun::encode(["a", "b"].into_iter()).from(0));
+        let (frames, n) = batch.frames_after(Mode::Compat, Seq(1));
+        assert_eq!(
+            (frames, n),
+            (FrameRun::encode(["b"].into_iter()).from(0), 1)
+        );
+        let (_, n) = batch.frames_after(Mode::Compat, Seq(3));
+        assert_eq!(n, 0);
+        let (frames, n) = batch.frames_after(Mode::V1, Seq(1));
+        assert_eq!(n, 2);
+        let edited = ServerFrame::entry(&entries[1]).to_json();
+        assert!(edited.starts_with(r#"{"type":"edited""#), "{edited}");
+        let expected = FrameRun::encode(
+            [
+                edited.as_str(),
+                ServerFrame::entry(&entries[2]).to_json().as_str(),
+            ]
+            .into_iter(),
+        )
+        .from(0);
+        assert_eq!(frames, expected);
     }
 
     #[test]

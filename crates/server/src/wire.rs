@@ -41,31 +41,58 @@ pub struct FrameRun {
     bytes: Bytes,
     /// Where each frame starts in `bytes`.
     starts: Box<[u32]>,
+    /// Some slots hold no frame (an entry this wire form does not show).
+    sparse: bool,
 }
 
 impl FrameRun {
     /// Encodes `texts` one frame each, in order.
     pub fn encode<'a>(texts: impl ExactSizeIterator<Item = &'a str> + Clone) -> Self {
-        let total: usize = texts.clone().map(|t| t.len() + 10).sum();
+        Self::encode_slots(texts.map(Some))
+    }
+
+    /// Encodes one slot per item: a frame for `Some(text)`, nothing for `None` (the slot keeps
+    /// its place, so slot `i` is still entry `i` of the batch).
+    pub fn encode_slots<'a>(texts: impl ExactSizeIterator<Item = Option<&'a str>> + Clone) -> Self {
+        let total: usize = texts.clone().map(|t| t.map_or(0, |t| t.len() + 10)).sum();
         let mut out = Vec::with_capacity(total);
         let mut starts = Vec::with_capacity(texts.len());
+        let mut sparse = false;
         for text in texts {
             // A run is one commit batch of one room: far below 4 GiB (messages are capped).
             starts.push(out.len() as u32);
-            push_text_frame(&mut out, text);
+            match text {
+                Some(text) => push_text_frame(&mut out, text),
+                None => sparse = true,
+            }
         }
         FrameRun {
             bytes: out.into(),
             starts: starts.into(),
+            sparse,
         }
     }
 
-    /// The frames from the `first`-th on, as one shared slice (empty when past the end).
+    /// The frames from the `first`-th slot on, as one shared slice (empty when past the end).
     pub fn from(&self, first: usize) -> Bytes {
         match self.starts.get(first) {
             Some(&start) => self.bytes.slice(start as usize..),
             None => Bytes::new(),
         }
+    }
+
+    /// How many frames the slots from `first` on hold.
+    pub fn count_from(&self, first: usize) -> usize {
+        let slots = self.starts.len().saturating_sub(first);
+        if !self.sparse {
+            return slots;
+        }
+        // A frame is never empty (its header alone is 2 bytes): an empty slot starts where the
+        // next one does.
+        let end = self.bytes.len() as u32;
+        (first..self.starts.len())
+            .filter(|&i| self.starts[i] != self.starts.get(i + 1).copied().unwrap_or(end))
+            .count()
     }
 }
 

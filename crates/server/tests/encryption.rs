@@ -30,6 +30,7 @@ async fn the_server_refuses_a_store_under_keys_it_is_not_given() {
                 id: format!("m{i}"),
                 user: UserName::parse("ann").unwrap(),
                 data: format!("secret-body-{i}"),
+                event: None,
             })
             .await
             .unwrap();

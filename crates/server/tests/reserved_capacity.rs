@@ -174,6 +174,7 @@ async fn connection_commands_overtake_a_deep_queue_of_appends() {
                         id: format!("m{i}"),
                         user: UserName::parse("flood").unwrap(),
                         data: "x".repeat(100),
+                        event: None,
                     })
                     .await
                     .unwrap();

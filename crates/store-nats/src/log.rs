@@ -42,7 +42,7 @@ use async_nats::jetstream::stream::{LastRawMessageErrorKind, Stream};
 use async_nats::jetstream::{self, consumer};
 use async_trait::async_trait;
 use bytes::Bytes;
-use dynamowave_core::ports::{Appended, CommitListener, Deletion, MessageLog, NewMessage};
+use dynamowave_core::ports::{Appended, CommitListener, Deletion, MessageLog, NewMessage, refusal};
 use dynamowave_core::protocol::{ChatMessage, HistoryQuery, Page};
 use dynamowave_core::types::now_ms;
 use dynamowave_core::{RoomId, Seq, UserName};
@@ -141,16 +141,16 @@ impl JetStreamLog {
         let user = header(h, names::USER)
             .and_then(|u| UserName::parse(u).ok())
             .ok_or_else(|| corrupt("user"))?;
-        let message = Arc::new(ChatMessage {
-            room: room.clone(),
+        let message = Arc::new(ChatMessage::new(
+            room.clone(),
             seq,
-            id: header(h, names::ID)
+            header(h, names::ID)
                 .ok_or_else(|| corrupt("id"))?
                 .to_owned(),
             user,
-            data: String::from_utf8(payload.to_vec()).map_err(|_| corrupt("UTF-8 body"))?,
-            ts: number(h, names::TS).ok_or_else(|| corrupt("timestamp"))?,
-        });
+            String::from_utf8(payload.to_vec()).map_err(|_| corrupt("UTF-8 body"))?,
+            number(h, names::TS).ok_or_else(|| corrupt("timestamp"))?,
+        ));
         Ok(match number(h, names::DELETED_AT) {
             Some(deleted_at) => Entry::Tombstone {
                 message,
@@ -288,6 +288,12 @@ impl JetStreamLog {
 impl MessageLog for JetStreamLog {
     async fn append(&self, m: NewMessage) -> Result<Appended, StoreError> {
         self.check_open()?;
+        if m.event.is_some() {
+            return Err(refusal::unsupported(
+                "editing, deleting and reacting to messages",
+                "cluster (NATS)",
+            ));
+        }
         metrics::counter!("dynamowave_messages_received_total").increment(1);
         let key = names::idempotency_key(&m.room, m.user.as_str(), &m.id);
         if let Some(seq) = self
@@ -352,14 +358,7 @@ impl MessageLog for JetStreamLog {
                     metrics::counter!("dynamowave_messages_acked_total").increment(1);
                     self.saw_head(&m.room, seq);
                     self.remember_id(&key, seq).await;
-                    let message = Arc::new(ChatMessage {
-                        room: m.room,
-                        seq,
-                        id: m.id,
-                        user: m.user,
-                        data: m.data,
-                        ts,
-                    });
+                    let message = Arc::new(ChatMessage::new(m.room, seq, m.id, m.user, m.data, ts));
                     return Ok(Appended {
                         message,
                         duplicate: false,

@@ -604,6 +604,7 @@ impl RoomMembership for ClusterRooms {
                     members.push(Member {
                         connection_id: id.clone(),
                         user: user.clone(),
+                        last_read: dynamowave_core::Seq::ZERO,
                     });
                 }
             }
@@ -619,6 +620,10 @@ impl RoomMembership for ClusterRooms {
         connection: &ConnectionId,
     ) {
         self.0.local.presence(room, event, user, connection);
+    }
+
+    fn signal(&self, room: &RoomId, frame: &str, except: Option<&ConnectionId>) {
+        self.0.local.signal(room, frame, except);
     }
 }
 

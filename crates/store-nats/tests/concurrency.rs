@@ -26,6 +26,7 @@ impl RoomMembership for NoHub {
         Ok(Vec::new())
     }
     fn presence(&self, _: &RoomId, _: PresenceEvent, _: &UserName, _: &ConnectionId) {}
+    fn signal(&self, _: &RoomId, _: &str, _: Option<&ConnectionId>) {}
 }
 
 impl LocalConnections for NoHub {
@@ -60,6 +61,7 @@ fn msg(user: &str, id: &str) -> NewMessage {
         id: id.into(),
         user: UserName::parse(user).unwrap(),
         data: format!("from {user}"),
+        event: None,
     }
 }
 

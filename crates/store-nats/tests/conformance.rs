@@ -23,6 +23,7 @@ impl dynamowave_core::ports::RoomMembership for NoHub {
         Ok(Vec::new())
     }
     fn presence(&self, _: &RoomId, _: PresenceEvent, _: &UserName, _: &ConnectionId) {}
+    fn signal(&self, _: &RoomId, _: &str, _: Option<&ConnectionId>) {}
 }
 
 impl LocalConnections for NoHub {

@@ -12,7 +12,8 @@
 //! - [`restore`] copies a backup or a data directory into a new data directory and rolls it back
 //!   to an instant `T`: everything stamped at or before `T` (ms precision) stays, everything
 //!   later goes, and deletions made after `T` are undone (deletions are tombstones, see the
-//!   `deleted_at` column).
+//!   `deleted_at` column). Edits and reactions are log entries of their own (`messages.kind`),
+//!   so dropping the later ones undoes them; read positions moved after `T` are removed.
 //!
 //! Every file is written under a temporary name, fsync'd, and renamed into place, so a crash
 //! never leaves a half-written backup or store under the final name.
@@ -55,6 +56,8 @@ pub struct RestoreInfo {
     pub kept: u64,
     /// Messages stamped after `to`, removed.
     pub dropped: u64,
+    /// Edits, deletions and reactions stamped after `to`, removed (which undoes them).
+    pub events_dropped: u64,
     /// Messages deleted after `to`, visible again.
     pub tombstones_cleared: u64,
     /// Messages deleted at or before `to`, still deleted.
@@ -66,6 +69,9 @@ pub struct RestoreInfo {
     pub dead_letters_dropped: u64,
     /// Dead letters replayed after `to`, pending again.
     pub dead_letters_unreplayed: u64,
+    /// Read positions moved after `to`, removed: where they stood at `to` is not recorded, so
+    /// those users start the room over as unread rather than as read past what they saw.
+    pub read_positions_dropped: u64,
 }
 
 /// Why a backup or restore did not happen. Nothing is left under the target's final name.
@@ -229,12 +235,14 @@ pub fn restore(from: &Path, to_ms: u64, into: &Path) -> Result<RestoreInfo, Snap
             source_taken_at,
             kept,
             dropped: undone.dropped,
+            events_dropped: undone.events_dropped,
             tombstones_cleared: undone.tombstones_cleared,
             still_deleted,
             rooms,
             rooms_dropped: undone.rooms_dropped,
             dead_letters_dropped: undone.dead_letters_dropped,
             dead_letters_unreplayed: undone.dead_letters_unreplayed,
+            read_positions_dropped: undone.read_positions_dropped,
         })
     })();
     if result.is_err() {
@@ -249,10 +257,12 @@ pub fn restore(from: &Path, to_ms: u64, into: &Path) -> Result<RestoreInfo, Snap
 /// What [`roll_back_to`] undid (the fields of [`RestoreInfo`] of the same names).
 struct Undone {
     dropped: u64,
+    events_dropped: u64,
     tombstones_cleared: u64,
     rooms_dropped: u64,
     dead_letters_dropped: u64,
     dead_letters_unreplayed: u64,
+    read_positions_dropped: u64,
 }
 
 /// Rolls the copy back to `to_ms`, in one transaction.
@@ -262,9 +272,22 @@ fn roll_back_to(conn: &mut Connection, to_ms: u64) -> rusqlite::Result<Undone> {
     // them when it opens the restored store.
     let has_tombstones = has_column(conn, "messages", "deleted_at")?;
     let has_dead_letters = has_table(conn, "dead_letters")?;
+    let has_events = has_column(conn, "messages", "kind")?;
+    let has_read_positions = has_table(conn, "read_positions")?;
 
     // One transaction: the restored store is the rolled-back state or nothing.
     let tx = conn.transaction()?;
+    // Edits and reactions are rows of their own, never written into their message's row:
+    // dropping the later ones is what undoes them. A later deletion by its author also set
+    // `deleted_at` on the message, cleared below.
+    let events_dropped = if has_events {
+        tx.execute(
+            "DELETE FROM messages WHERE ts > ?1 AND kind IS NOT NULL",
+            [t],
+        )? as u64
+    } else {
+        0
+    };
     let dropped = tx.execute("DELETE FROM messages WHERE ts > ?1", [t])? as u64;
     let tombstones_cleared = if has_tombstones {
         tx.execute(
@@ -287,6 +310,11 @@ fn roll_back_to(conn: &mut Connection, to_ms: u64) -> rusqlite::Result<Undone> {
     } else {
         (0, 0)
     };
+    let read_positions_dropped = if has_read_positions {
+        tx.execute("DELETE FROM read_positions WHERE updated_at > ?1", [t])? as u64
+    } else {
+        0
+    };
     tx.execute_batch(
         "DELETE FROM memberships;
          DELETE FROM connections;
@@ -295,10 +323,12 @@ fn roll_back_to(conn: &mut Connection, to_ms: u64) -> rusqlite::Result<Undone> {
     tx.commit()?;
     Ok(Undone {
         dropped,
+        events_dropped,
         tombstones_cleared,
         rooms_dropped,
         dead_letters_dropped,
         dead_letters_unreplayed,
+        read_positions_dropped,
     })
 }
 
@@ -476,13 +506,20 @@ fn check_integrity(conn: &Connection, path: &Path) -> Result<(), SnapshotError> 
     }
 }
 
-/// (messages not deleted, tombstones).
+/// (messages not deleted, tombstones); event entries are not messages.
 fn message_counts(conn: &Connection) -> rusqlite::Result<(u64, u64)> {
     if has_column(conn, "messages", "deleted_at")? {
+        let only_messages = if has_column(conn, "messages", "kind")? {
+            "WHERE kind IS NULL"
+        } else {
+            ""
+        };
         conn.query_row(
-            "SELECT count(*) FILTER (WHERE deleted_at IS NULL),
-                    count(*) FILTER (WHERE deleted_at IS NOT NULL)
-             FROM messages",
+            &format!(
+                "SELECT count(*) FILTER (WHERE deleted_at IS NULL),
+                        count(*) FILTER (WHERE deleted_at IS NOT NULL)
+                 FROM messages {only_messages}"
+            ),
             [],
             |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
         )
@@ -612,12 +649,12 @@ mod tests {
         let mut acked = 0;
         for i in 0..50 {
             store
-                .append(NewMessage {
-                    room: room.clone(),
-                    id: format!("m{i}"),
-                    user: UserName::parse("u").unwrap(),
-                    data: "x".into(),
-                })
+                .append(NewMessage::message(
+                    room.clone(),
+                    format!("m{i}"),
+                    UserName::parse("u").unwrap(),
+                    "x".into(),
+                ))
                 .await
                 .unwrap();
             acked += 1;
@@ -710,12 +747,12 @@ mod tests {
         let store = SqliteStore::open(&into, Arc::new(NoListener)).unwrap();
         let room = RoomId::parse("a").unwrap();
         let appended = store
-            .append(NewMessage {
-                room: room.clone(),
-                id: "new".into(),
-                user: UserName::parse("u").unwrap(),
-                data: "after the restore".into(),
-            })
+            .append(NewMessage::message(
+                room.clone(),
+                "new".into(),
+                UserName::parse("u").unwrap(),
+                "after the restore".into(),
+            ))
             .await
             .unwrap();
         assert_eq!(

@@ -8,6 +8,12 @@
 //! writer commits.
 //!
 //! The data directory is locked for the life of the store, so two servers never share it.
+//!
+//! Edits, deletions and reactions are rows of `messages` of their own (`kind`, `target`), so
+//! the log stays append-only: a message's row is never rewritten for an edit or a reaction (a
+//! deletion sets its `deleted_at`, as the management API's does), and reads fold the events
+//! about a page's messages into them. A point-in-time restore, which drops the rows stamped
+//! after its instant, therefore undoes them too.
 
 use std::collections::HashMap;
 use std::fs::{self, File};
@@ -18,10 +24,12 @@ use std::thread;
 use async_trait::async_trait;
 use dynamowave_core::ports::{
     Appended, Claim, CommitListener, ConnectionRecord, ConnectionStore, DeadLetter, DeadLetterKind,
-    DeadLetters, Deletion, MessageLog, NewDeadLetter, NewMessage, Purge, QueuedAppend, StoreError,
-    StoreLifecycle,
+    DeadLetters, Deletion, MessageLog, NewDeadLetter, NewEvent, NewMessage, Purge, QueuedAppend,
+    ReadMark, StoreError, StoreLifecycle, check_event, refusal,
 };
-use dynamowave_core::protocol::{ChatMessage, HistoryQuery, Mode, Page};
+use dynamowave_core::protocol::{
+    ChatMessage, EntryEvent, HistoryQuery, MAX_EMOJIS_PER_MESSAGE, Mode, Page, ReactionCounts,
+};
 use dynamowave_core::types::now_ms;
 use dynamowave_core::{ConnectionId, RoomId, Seq, UserName};
 use rusqlite::{
@@ -58,9 +66,26 @@ CREATE TABLE IF NOT EXISTS messages (
     deleted_at INTEGER,
     -- The key `data` is encrypted under (cipher.rs); NULL: `data` is plaintext.
     key_id TEXT,
+    -- NULL: a message. 'edit', 'delete' or 'reaction': an event entry about message `target`
+    -- of the room (`data` is an edit's new text). The target's row is never rewritten for an
+    -- edit or reaction: its state is folded from these rows on read, so a point-in-time
+    -- restore (which drops later rows) undoes them.
+    kind        TEXT,
+    target      INTEGER,
+    -- A reaction's emoji and whether it sets (1) or takes back (0) the user's reaction.
+    emoji       TEXT,
+    reaction_on INTEGER,
     PRIMARY KEY (room, seq)
 );
 CREATE UNIQUE INDEX IF NOT EXISTS messages_idempotency ON messages (room, user, id);
+-- How far each user has read each room (`mark_read`); positions only move forward.
+CREATE TABLE IF NOT EXISTS read_positions (
+    room       TEXT NOT NULL,
+    user       TEXT NOT NULL,
+    seq        INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    PRIMARY KEY (room, user)
+);
 CREATE TABLE IF NOT EXISTS connections (
     id           TEXT PRIMARY KEY,
     user         TEXT NOT NULL,
@@ -103,6 +128,8 @@ enum Command {
     RemoveMembership(ConnectionId, RoomId, Reply<()>),
     PurgeConnections(Reply<u64>),
     Delete(RoomId, Seq, Reply<Deletion>),
+    /// Moves a read position forward (checked against the writer's head, like appends).
+    MarkRead(RoomId, UserName, Seq, Reply<ReadMark>),
     AddDeadLetter(NewDeadLetter, Reply<u64>),
     /// Marks a pending dead letter replayed (to the target) before delivery is tried, so two
     /// replays cannot both deliver it.
@@ -318,6 +345,27 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
             conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN key_id TEXT"))?;
         }
     }
+    // Event entries (edits, deletions, reactions) and their index, for stores from before them.
+    for (column, ty) in [
+        ("kind", "TEXT"),
+        ("target", "INTEGER"),
+        ("emoji", "TEXT"),
+        ("reaction_on", "INTEGER"),
+    ] {
+        let has: bool = conn.query_row(
+            "SELECT COUNT(*) > 0 FROM pragma_table_info('messages') WHERE name = ?1",
+            [column],
+            |r| r.get(0),
+        )?;
+        if !has {
+            conn.execute_batch(&format!("ALTER TABLE messages ADD COLUMN {column} {ty}"))?;
+        }
+    }
+    // The events about a page's messages (`current_state`), and a reaction's fold. Partial:
+    // messages (most rows) are not in it.
+    conn.execute_batch(
+        "CREATE INDEX IF NOT EXISTS messages_target ON messages (room, target) WHERE target IS NOT NULL",
+    )?;
     // Which keys the store uses, found without a scan (`SqliteStore::unknown_keys`). Partial:
     // plaintext rows (encryption off) add nothing to it.
     conn.execute_batch(
@@ -377,6 +425,7 @@ enum Pending {
     Count(Reply<u64>, Result<u64, StoreError>),
     Deletion(Reply<Deletion>, Result<Deletion, StoreError>),
     Claim(Reply<Claim>, Result<Claim, StoreError>),
+    ReadMark(Reply<ReadMark>, Result<ReadMark, StoreError>),
 }
 
 impl Writer {
@@ -548,6 +597,10 @@ impl Writer {
                     let result = delete(&tx, &room, seq, ts).map_err(backend);
                     pending.push(Pending::Deletion(reply, result));
                 }
+                Command::MarkRead(room, user, seq, reply) => {
+                    let result = mark_read(&tx, &mut self.heads, &room, &user, seq, ts);
+                    pending.push(Pending::ReadMark(reply, result));
+                }
                 Command::AddDeadLetter(entry, reply) => {
                     let result =
                         add_dead_letter(&tx, self.keys.as_deref(), &entry, ts).map_err(backend);
@@ -644,6 +697,7 @@ impl Pending {
             Pending::Count(r, res) => settle(r, res, batch_error),
             Pending::Deletion(r, res) => settle(r, res, batch_error),
             Pending::Claim(r, res) => settle(r, res, batch_error),
+            Pending::ReadMark(r, res) => settle(r, res, batch_error),
         }
     }
 }
@@ -670,6 +724,7 @@ fn fail(cmd: Command, err: &str) {
         | Command::AddDeadLetter(_, r)
         | Command::PurgeDeadLetters(_, r) => drop(r.send(Err(e()))),
         Command::Delete(_, _, r) => drop(r.send(Err(e()))),
+        Command::MarkRead(_, _, _, r) => drop(r.send(Err(e()))),
         Command::ClaimDeadLetter(_, _, r) => drop(r.send(Err(e()))),
         Command::ReleaseDeadLetter(_, _, r) => drop(r.send(Err(e()))),
         Command::Shutdown(done) => drop(done.send(())),
@@ -695,6 +750,49 @@ fn head(
     Ok(seq.map(|s| s as u64))
 }
 
+/// `messages.kind` of an event entry (NULL: a message).
+const EDIT: &str = "edit";
+const DELETE: &str = "delete";
+const REACTION: &str = "reaction";
+
+/// The columns [`entry_row`] reads, in its order (a macro, for `concat!` into consts).
+macro_rules! entry_cols {
+    () => {
+        "seq, id, user, data, ts, key_id, kind, target, emoji, reaction_on"
+    };
+}
+const ENTRY_COLS: &str = entry_cols!();
+
+/// The latest edit of each message `?2..=?3` of room `?1` ([`current_state`]).
+const LATEST_EDITS: &str = concat!(
+    "SELECT ",
+    entry_cols!(),
+    " FROM messages WHERE room = ?1 AND seq IN (
+         SELECT max(seq) FROM messages
+         WHERE room = ?1 AND target BETWEEN ?2 AND ?3 AND kind = 'edit' GROUP BY target)"
+);
+
+/// Reaction counts of the messages `?2..=?3` of room `?1` ([`reaction_counts`]).
+const REACTION_COUNTS: &str = "SELECT target, emoji, count(*) FROM (
+         SELECT target, emoji, reaction_on,
+                row_number() OVER (PARTITION BY target, emoji, user ORDER BY seq DESC) AS nth
+         FROM messages
+         WHERE room = ?1 AND target BETWEEN ?2 AND ?3 AND kind = 'reaction')
+     WHERE nth = 1 AND reaction_on = 1
+     GROUP BY target, emoji";
+
+/// The reaction rows of message `?2` of room `?1` through seq `?3` ([`counts_at_commit`]).
+/// `INDEXED BY`: without it the planner prefers the primary key for `seq <= ?3 ORDER BY
+/// seq`, a scan of the whole room's log.
+const REACTIONS_THROUGH: &str = "SELECT seq, emoji, user, reaction_on
+     FROM messages INDEXED BY messages_target
+     WHERE room = ?1 AND target = ?2 AND kind = 'reaction' AND seq <= ?3 ORDER BY seq";
+
+/// A seq as an SQL integer: clamped, not wrapped (no row has a seq past `i64::MAX`).
+fn sql_seq(seq: u64) -> i64 {
+    i64::try_from(seq).unwrap_or(i64::MAX)
+}
+
 fn append(
     tx: &Transaction<'_>,
     keys: Option<&Keyring>,
@@ -703,52 +801,95 @@ fn append(
     m: NewMessage,
     ts: u64,
 ) -> Result<Appended, StoreError> {
+    // Messages and event entries share the key: a retry gets back whatever was stored.
     let original = tx
-        .prepare_cached(
-            "SELECT seq, data, ts, key_id FROM messages WHERE room = ?1 AND user = ?2 AND id = ?3",
-        )
+        .prepare_cached(&format!(
+            "SELECT {ENTRY_COLS} FROM messages WHERE room = ?1 AND user = ?2 AND id = ?3"
+        ))
         .and_then(|mut s| {
             s.query_row([m.room.as_str(), m.user.as_str(), &m.id], |r| {
-                let seq = r.get::<_, i64>(0)?;
-                let row = Row::Message {
-                    room: m.room.as_str(),
-                    seq: seq as u64,
-                    user: m.user.as_str(),
-                    id: &m.id,
-                };
-                let data =
-                    cipher::stored_text(keys, &row, r.get_ref(3)?.as_str_or_null()?, r.get_ref(1)?)
-                        .map_err(|e| cipher::row_error(1, e))?;
-                Ok((seq, data, r.get::<_, i64>(2)?))
+                entry_row(&m.room, r, keys)
             })
             .optional()
         })
         .map_err(backend)?;
-    if let Some((seq, data, ts)) = original {
-        let message = ChatMessage {
-            room: m.room,
-            seq: Seq(seq as u64),
-            id: m.id,
-            user: m.user,
-            data,
-            ts: ts as u64,
-        };
+    if let Some(mut entry) = original {
+        // A reaction's counts are not stored: folded again up to its seq, they are the
+        // counts it committed with (later rows do not change them).
+        counts_at_commit(tx, &m.room, std::slice::from_mut(&mut entry)).map_err(backend)?;
         return Ok(Appended {
-            message: Arc::new(message),
+            message: Arc::new(entry),
             duplicate: true,
         });
     }
     let seq = head(tx, heads, &m.room).map_err(backend)?.unwrap_or(0) + 1;
-    // Encrypted: one buffer, nonce ‖ ciphertext ‖ tag, bound to the row (cipher.rs).
+    let NewMessage {
+        room,
+        id,
+        user,
+        data,
+        event,
+    } = m;
+    let row = EntryRow {
+        room: &room,
+        seq,
+        id: &id,
+        user: &user,
+        data: &data,
+        ts,
+        kind: None,
+        target: None,
+        emoji: None,
+        on: None,
+    };
+    let event = match event {
+        None => {
+            insert_entry(tx, keys, &row)?;
+            None
+        }
+        // Refused or failed halfway, the event leaves nothing in the batch's transaction.
+        Some(event) => Some(in_savepoint(tx, || apply_event(tx, keys, row, event))?),
+    };
+    heads.insert(room.clone(), seq);
+    touched.insert(room.clone(), seq);
+    let mut message = ChatMessage::new(room, Seq(seq), id, user, data, ts);
+    message.event = event.map(Box::new);
+    Ok(Appended {
+        message: Arc::new(message),
+        duplicate: false,
+    })
+}
+
+/// A row of `messages` to insert: a message (`kind` None) or an event entry.
+struct EntryRow<'a> {
+    room: &'a RoomId,
+    seq: u64,
+    id: &'a str,
+    user: &'a UserName,
+    data: &'a str,
+    ts: u64,
+    kind: Option<&'static str>,
+    target: Option<Seq>,
+    emoji: Option<&'a str>,
+    on: Option<bool>,
+}
+
+fn insert_entry(
+    tx: &Transaction<'_>,
+    keys: Option<&Keyring>,
+    e: &EntryRow<'_>,
+) -> Result<(), StoreError> {
+    // Encrypted: one buffer, nonce ‖ ciphertext ‖ tag, bound to the row (cipher.rs). An
+    // event's text is bound to the event's own row, like any message's.
     let sealed = match keys {
         Some(k) => {
             let row = Row::Message {
-                room: m.room.as_str(),
-                seq,
-                user: m.user.as_str(),
-                id: &m.id,
+                room: e.room.as_str(),
+                seq: e.seq,
+                user: e.user.as_str(),
+                id: e.id,
             };
-            let sealed = k.seal(&row, m.data.as_bytes()).map_err(|e| {
+            let sealed = k.seal(&row, e.data.as_bytes()).map_err(|e| {
                 tracing::error!(error = %e, "cannot encrypt a message");
                 StoreError::Backend(e.to_string())
             })?;
@@ -758,38 +899,300 @@ fn append(
     };
     let (key_id, data): (Option<&str>, &dyn rusqlite::ToSql) = match &sealed {
         Some((key_id, blob)) => (Some(*key_id), blob),
-        None => (None, &m.data),
+        None => (None, &e.data),
     };
     tx.prepare_cached(
-        "INSERT INTO messages (room, seq, id, user, data, ts, key_id)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO messages (room, seq, id, user, data, ts, key_id, kind, target, emoji, reaction_on)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
     )
     .and_then(|mut s| {
         s.execute(params![
-            m.room.as_str(),
-            seq as i64,
-            m.id,
-            m.user.as_str(),
+            e.room.as_str(),
+            e.seq as i64,
+            e.id,
+            e.user.as_str(),
             data,
-            ts as i64,
-            key_id
+            e.ts as i64,
+            key_id,
+            e.kind,
+            e.target.map(|t| sql_seq(t.0)),
+            e.emoji,
+            e.on
         ])
     })
-    .map_err(backend)?;
-    heads.insert(m.room.clone(), seq);
-    touched.insert(m.room.clone(), seq);
-    let message = ChatMessage {
-        room: m.room,
-        seq: Seq(seq),
-        id: m.id,
-        user: m.user,
-        data: m.data,
-        ts,
+    .map(drop)
+    .map_err(backend)
+}
+
+/// Runs `f` in a savepoint of the batch's transaction, rolled back if it fails: one command's
+/// refusal or error leaves nothing half-written, and the batch's other commands stand.
+fn in_savepoint<T>(
+    tx: &Transaction<'_>,
+    f: impl FnOnce() -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    tx.execute_batch("SAVEPOINT entry").map_err(backend)?;
+    let result = f();
+    let end = if result.is_ok() {
+        "RELEASE entry"
+    } else {
+        "ROLLBACK TO entry; RELEASE entry"
     };
-    Ok(Appended {
-        message: Arc::new(message),
-        duplicate: false,
+    tx.execute_batch(end).map_err(backend)?;
+    result
+}
+
+/// Checks an event entry against its target (as `check_event` says, seeing the batch's earlier
+/// commands) and stores it as `row`; returns the event as committed.
+fn apply_event(
+    tx: &Transaction<'_>,
+    keys: Option<&Keyring>,
+    row: EntryRow<'_>,
+    event: NewEvent,
+) -> Result<EntryEvent, StoreError> {
+    let room = row.room;
+    let target = match &event {
+        NewEvent::Edit { target }
+        | NewEvent::Delete { target }
+        | NewEvent::React { target, .. } => *target,
+    };
+    let found: Option<(String, bool, bool)> = tx
+        .prepare_cached(
+            "SELECT user, kind IS NULL, deleted_at IS NOT NULL FROM messages
+             WHERE room = ?1 AND seq = ?2",
+        )
+        .and_then(|mut s| {
+            s.query_row(params![room.as_str(), sql_seq(target.0)], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .optional()
+        })
+        .map_err(backend)?;
+    // Names were validated before they were stored; a row edited by hand reads as the guest's.
+    let author = found
+        .as_ref()
+        .map(|(u, ..)| UserName::parse(u).unwrap_or_else(|_| UserName::guest()));
+    check_event(
+        room,
+        &event,
+        row.user,
+        found
+            .as_ref()
+            .zip(author.as_ref())
+            .map(|((_, is_message, deleted), author)| (author, *is_message, *deleted)),
+    )?;
+    Ok(match event {
+        NewEvent::Edit { target } => {
+            insert_entry(
+                tx,
+                keys,
+                &EntryRow {
+                    kind: Some(EDIT),
+                    target: Some(target),
+                    ..row
+                },
+            )?;
+            EntryEvent::Edit { target }
+        }
+        NewEvent::Delete { target } => {
+            insert_entry(
+                tx,
+                keys,
+                &EntryRow {
+                    kind: Some(DELETE),
+                    target: Some(target),
+                    ..row
+                },
+            )?;
+            // The tombstone `MessageLog::delete` makes, so reads skip it the same way and a
+            // restore to before `ts` clears it.
+            tx.prepare_cached("UPDATE messages SET deleted_at = ?3 WHERE room = ?1 AND seq = ?2")
+                .and_then(|mut s| {
+                    s.execute(params![room.as_str(), sql_seq(target.0), row.ts as i64])
+                })
+                .map_err(backend)?;
+            EntryEvent::Delete { target }
+        }
+        NewEvent::React { target, emoji, on } => {
+            let before = reaction_counts(tx, room, target.0, target.0)
+                .map_err(backend)?
+                .remove(&target.0)
+                .unwrap_or_default();
+            if on && !before.contains_key(&emoji) && before.len() >= MAX_EMOJIS_PER_MESSAGE {
+                return Err(refusal::too_many_emojis(room, target));
+            }
+            insert_entry(
+                tx,
+                keys,
+                &EntryRow {
+                    kind: Some(REACTION),
+                    target: Some(target),
+                    emoji: Some(&emoji),
+                    on: Some(on),
+                    ..row
+                },
+            )?;
+            // The same fold as reads, now including this row (and the batch's earlier ones).
+            let counts = reaction_counts(tx, room, target.0, target.0)
+                .map_err(backend)?
+                .remove(&target.0)
+                .unwrap_or_default();
+            EntryEvent::Reaction {
+                target,
+                emoji,
+                on,
+                counts,
+            }
+        }
     })
+}
+
+/// Moves `user`'s read position in `room` forward to `seq`, which must not be past the head
+/// (the writer's, so an append earlier in the batch counts).
+fn mark_read(
+    tx: &Transaction<'_>,
+    heads: &mut HashMap<RoomId, u64>,
+    room: &RoomId,
+    user: &UserName,
+    seq: Seq,
+    ts: u64,
+) -> Result<ReadMark, StoreError> {
+    let head = head(tx, heads, room).map_err(backend)?.unwrap_or(0);
+    if seq.0 > head {
+        return Err(refusal::read_past_head(room, seq, Seq(head)));
+    }
+    let now: Option<i64> = tx
+        .prepare_cached("SELECT seq FROM read_positions WHERE room = ?1 AND user = ?2")
+        .and_then(|mut s| {
+            s.query_row([room.as_str(), user.as_str()], |r| r.get(0))
+                .optional()
+        })
+        .map_err(backend)?;
+    let now = Seq(now.map_or(0, |s| s as u64));
+    if seq <= now {
+        return Ok(ReadMark {
+            seq: now,
+            moved: false,
+        });
+    }
+    tx.prepare_cached(
+        "INSERT INTO read_positions (room, user, seq, updated_at) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (room, user) DO UPDATE SET seq = excluded.seq, updated_at = excluded.updated_at",
+    )
+    .and_then(|mut s| s.execute(params![room.as_str(), user.as_str(), seq.0 as i64, ts as i64]))
+    .map_err(backend)?;
+    Ok(ReadMark { seq, moved: true })
+}
+
+/// Reaction counts now of the messages `lo..=hi` of `room` that have any (count > 0 only):
+/// for each (target, emoji, user) the row with the greatest seq decides, and those that set
+/// the reaction are counted.
+fn reaction_counts(
+    c: &Connection,
+    room: &RoomId,
+    lo: u64,
+    hi: u64,
+) -> rusqlite::Result<HashMap<u64, ReactionCounts>> {
+    let mut stmt = c.prepare_cached(REACTION_COUNTS)?;
+    let mut rows = stmt.query(params![room.as_str(), sql_seq(lo), sql_seq(hi)])?;
+    let mut out: HashMap<u64, ReactionCounts> = HashMap::new();
+    while let Some(r) = rows.next()? {
+        out.entry(r.get::<_, i64>(0)? as u64)
+            .or_default()
+            .insert(r.get(1)?, r.get::<_, i64>(2)? as u64);
+    }
+    Ok(out)
+}
+
+/// Fills in the counts each reaction entry of `entries` (in seq order) committed with: per
+/// target, its reaction rows up to the last such entry, folded in seq order.
+fn counts_at_commit(
+    c: &Connection,
+    room: &RoomId,
+    entries: &mut [ChatMessage],
+) -> rusqlite::Result<()> {
+    let mut by_target: std::collections::BTreeMap<u64, Vec<usize>> = Default::default();
+    for (i, e) in entries.iter().enumerate() {
+        if let Some(EntryEvent::Reaction { target, .. }) = e.event.as_deref() {
+            by_target.entry(target.0).or_default().push(i);
+        }
+    }
+    let mut stmt = c.prepare_cached(REACTIONS_THROUGH)?;
+    for (target, wanted) in by_target {
+        let upto = entries[wanted[wanted.len() - 1]].seq.0;
+        let mut rows = stmt.query(params![room.as_str(), sql_seq(target), sql_seq(upto)])?;
+        let mut set: std::collections::HashSet<(String, String)> = Default::default();
+        let mut counts = ReactionCounts::new();
+        let mut next = wanted.iter().peekable();
+        while let Some(r) = rows.next()? {
+            let seq = r.get::<_, i64>(0)? as u64;
+            let emoji: String = r.get(1)?;
+            let key = (emoji.clone(), r.get::<_, String>(2)?);
+            if r.get::<_, bool>(3)? {
+                if set.insert(key) {
+                    *counts.entry(emoji).or_default() += 1;
+                }
+            } else if set.remove(&key)
+                && let Some(n) = counts.get_mut(&emoji)
+            {
+                *n -= 1;
+                if *n == 0 {
+                    counts.remove(&emoji);
+                }
+            }
+            while let Some(&&i) = next.peek() {
+                if entries[i].seq.0 != seq {
+                    break;
+                }
+                if let Some(EntryEvent::Reaction { counts: c, .. }) =
+                    entries[i].event.as_deref_mut()
+                {
+                    *c = counts.clone();
+                }
+                next.next();
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Shows each message of `entries` (in seq order; event entries are left as they are) as it is
+/// now: the text of its latest edit with `edited_at`, and its reaction counts. One query for
+/// the edits and one for the reactions of the page's seq range.
+fn current_state(
+    c: &Connection,
+    room: &RoomId,
+    entries: &mut [ChatMessage],
+    keys: Option<&Keyring>,
+) -> rusqlite::Result<()> {
+    let at: HashMap<u64, usize> = entries
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| m.is_message())
+        .map(|(i, m)| (m.seq.0, i))
+        .collect();
+    let (Some(&lo), Some(&hi)) = (at.keys().min(), at.keys().max()) else {
+        return Ok(());
+    };
+    let mut stmt = c.prepare_cached(LATEST_EDITS)?;
+    let edits = stmt.query_map(params![room.as_str(), sql_seq(lo), sql_seq(hi)], |r| {
+        entry_row(room, r, keys)
+    })?;
+    for edit in edits {
+        let edit = edit?;
+        let Some(EntryEvent::Edit { target }) = edit.event.as_deref() else {
+            continue;
+        };
+        if let Some(&i) = at.get(&target.0) {
+            entries[i].data = edit.data;
+            entries[i].edited_at = Some(edit.ts);
+        }
+    }
+    for (target, counts) in reaction_counts(c, room, lo, hi)? {
+        if let Some(&i) = at.get(&target) {
+            entries[i].reactions = counts;
+        }
+    }
+    Ok(())
 }
 
 fn create_room(
@@ -936,13 +1339,14 @@ fn save_heads(
     Ok(())
 }
 
-/// A message of the columns `seq, id, user, data, ts, key_id`, its body decrypted with `keys`
-/// when encrypted (on the reader threads).
-fn message_row(
+/// An entry of the columns [`ENTRY_COLS`], its text decrypted with `keys` when encrypted (on
+/// the reader threads, and the writer's for a retried append). A reaction's counts are left
+/// empty ([`counts_at_commit`] fills them in).
+fn entry_row(
     room: &RoomId,
     r: &rusqlite::Row<'_>,
     keys: Option<&Keyring>,
-) -> rusqlite::Result<Arc<ChatMessage>> {
+) -> rusqlite::Result<ChatMessage> {
     let seq = r.get::<_, i64>(0)? as u64;
     let id: String = r.get(1)?;
     let user: String = r.get(2)?;
@@ -954,15 +1358,43 @@ fn message_row(
     };
     let data = cipher::stored_text(keys, &row, r.get_ref(5)?.as_str_or_null()?, r.get_ref(3)?)
         .map_err(|e| cipher::row_error(3, e))?;
-    Ok(Arc::new(ChatMessage {
-        room: room.clone(),
-        seq: Seq(seq),
+    let event = match r.get_ref(6)?.as_str_or_null()? {
+        None => None,
+        Some(kind) => {
+            let target = Seq(r.get::<_, i64>(7)? as u64);
+            Some(Box::new(match kind {
+                EDIT => EntryEvent::Edit { target },
+                DELETE => EntryEvent::Delete { target },
+                REACTION => EntryEvent::Reaction {
+                    target,
+                    emoji: r.get(8)?,
+                    on: r.get(9)?,
+                    counts: ReactionCounts::new(),
+                },
+                other => {
+                    return Err(rusqlite::Error::FromSqlConversionFailure(
+                        6,
+                        rusqlite::types::Type::Text,
+                        format!(
+                            "{row} is an entry of unknown kind {other:?} (from a newer version?)"
+                        )
+                        .into(),
+                    ));
+                }
+            }))
+        }
+    };
+    let mut message = ChatMessage::new(
+        room.clone(),
+        Seq(seq),
         id,
         // Names were validated before they were stored; a row edited by hand still loads.
-        user: UserName::parse(&user).unwrap_or_else(|_| UserName::guest()),
+        UserName::parse(&user).unwrap_or_else(|_| UserName::guest()),
         data,
-        ts: r.get::<_, i64>(4)? as u64,
-    }))
+        r.get::<_, i64>(4)? as u64,
+    );
+    message.event = event;
+    Ok(message)
 }
 
 #[async_trait]
@@ -1018,52 +1450,58 @@ impl MessageLog for SqliteStore {
         let room = room.clone();
         let keys = self.keys.clone();
         self.read(move |c| {
-            // Tombstones are skipped; the primary key still drives the scan.
-            const COLS: &str = "SELECT seq, id, user, data, ts, key_id FROM messages \
-                 WHERE room = ?1 AND deleted_at IS NULL";
+            // One snapshot for the page and the events folded into it.
+            let tx = c.unchecked_transaction()?;
+            // Messages only, tombstones skipped; the primary key still drives the scan.
+            let cols = format!(
+                "SELECT {ENTRY_COLS} FROM messages \
+                 WHERE room = ?1 AND kind IS NULL AND deleted_at IS NULL"
+            );
             // One row past the limit tells whether there is more.
             let (sql, bound, limit, newest_first) = match query {
                 HistoryQuery::Latest { limit } => (
-                    format!("{COLS} ORDER BY seq DESC LIMIT ?2"),
+                    format!("{cols} ORDER BY seq DESC LIMIT ?2"),
                     None,
                     limit,
                     true,
                 ),
                 HistoryQuery::Before { seq, limit } => (
-                    format!("{COLS} AND seq < ?3 ORDER BY seq DESC LIMIT ?2"),
+                    format!("{cols} AND seq < ?3 ORDER BY seq DESC LIMIT ?2"),
                     Some(seq),
                     limit,
                     true,
                 ),
                 HistoryQuery::After { seq, limit } => (
-                    format!("{COLS} AND seq > ?3 ORDER BY seq ASC LIMIT ?2"),
+                    format!("{cols} AND seq > ?3 ORDER BY seq ASC LIMIT ?2"),
                     Some(seq),
                     limit,
                     false,
                 ),
             };
-            let mut stmt = c.prepare_cached(&sql)?;
-            let fetch = limit as i64 + 1;
-            let to_message = |r: &rusqlite::Row<'_>| message_row(&room, r, keys.as_deref());
+            let mut stmt = tx.prepare_cached(&sql)?;
+            let fetch = i64::try_from(limit).unwrap_or(i64::MAX).saturating_add(1);
+            let to_entry = |r: &rusqlite::Row<'_>| entry_row(&room, r, keys.as_deref());
             let mut messages = match bound {
                 None => stmt
-                    .query_map(params![room.as_str(), fetch], to_message)?
+                    .query_map(params![room.as_str(), fetch], to_entry)?
                     .collect::<rusqlite::Result<Vec<_>>>()?,
                 // A bound past i64::MAX (any u64 is a valid `after`/`before`) must not wrap
                 // to a negative number: clamped, `after` finds nothing and `before` everything.
                 Some(s) => stmt
-                    .query_map(
-                        params![room.as_str(), fetch, i64::try_from(s.0).unwrap_or(i64::MAX)],
-                        to_message,
-                    )?
+                    .query_map(params![room.as_str(), fetch, sql_seq(s.0)], to_entry)?
                     .collect::<rusqlite::Result<Vec<_>>>()?,
             };
+            drop(stmt);
             let more = messages.len() > limit;
             messages.truncate(limit);
             if newest_first {
                 messages.reverse();
             }
-            Ok(Page { messages, more })
+            current_state(&tx, &room, &mut messages, keys.as_deref())?;
+            Ok(Page {
+                messages: messages.into_iter().map(Arc::new).collect(),
+                more,
+            })
         })
         .await
     }
@@ -1071,6 +1509,73 @@ impl MessageLog for SqliteStore {
     async fn delete(&self, room: &RoomId, seq: Seq) -> Result<Deletion, StoreError> {
         let room = room.clone();
         self.call(|r| Command::Delete(room, seq, r)).await
+    }
+
+    async fn read_entries(
+        &self,
+        room: &RoomId,
+        after: Seq,
+        limit: usize,
+    ) -> Result<Page, StoreError> {
+        let room = room.clone();
+        let keys = self.keys.clone();
+        self.read(move |c| {
+            let tx = c.unchecked_transaction()?;
+            // Every event entry; messages but tombstones (an event entry deleted through the
+            // management API stays: it is not a message).
+            let mut stmt = tx.prepare_cached(&format!(
+                "SELECT {ENTRY_COLS} FROM messages
+                 WHERE room = ?1 AND seq > ?2 AND (kind IS NOT NULL OR deleted_at IS NULL)
+                 ORDER BY seq LIMIT ?3"
+            ))?;
+            let fetch = i64::try_from(limit).unwrap_or(i64::MAX).saturating_add(1);
+            let mut entries = stmt
+                .query_map(params![room.as_str(), sql_seq(after.0), fetch], |r| {
+                    entry_row(&room, r, keys.as_deref())
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            drop(stmt);
+            let more = entries.len() > limit;
+            entries.truncate(limit);
+            current_state(&tx, &room, &mut entries, keys.as_deref())?;
+            counts_at_commit(&tx, &room, &mut entries)?;
+            Ok(Page {
+                messages: entries.into_iter().map(Arc::new).collect(),
+                more,
+            })
+        })
+        .await
+    }
+
+    async fn mark_read(
+        &self,
+        room: &RoomId,
+        user: &UserName,
+        seq: Seq,
+    ) -> Result<ReadMark, StoreError> {
+        let (room, user) = (room.clone(), user.clone());
+        self.call(|r| Command::MarkRead(room, user, seq, r)).await
+    }
+
+    async fn read_positions(&self, room: &RoomId) -> Result<Vec<(UserName, Seq)>, StoreError> {
+        let room = room.clone();
+        self.read(move |c| {
+            let mut stmt =
+                c.prepare_cached("SELECT user, seq FROM read_positions WHERE room = ?1")?;
+            let rows = stmt.query_map([room.as_str()], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (user, seq) = row?;
+                // Names were validated before they were stored; skip one edited by hand.
+                if let Ok(user) = UserName::parse(&user) {
+                    out.push((user, Seq(seq as u64)));
+                }
+            }
+            Ok(out)
+        })
+        .await
     }
 }
 
@@ -1282,6 +1787,35 @@ impl ConnectionStore for SqliteStore {
 
 #[cfg(test)]
 mod tests {
+    /// The folds of events read through `messages_target`, never by scanning the room's log.
+    #[test]
+    fn event_queries_use_the_target_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = super::open_writer(&dir.path().join("db")).unwrap();
+        for sql in [
+            super::LATEST_EDITS,
+            super::REACTION_COUNTS,
+            super::REACTIONS_THROUGH,
+        ] {
+            let plan: Vec<String> = conn
+                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .unwrap()
+                .query_map(rusqlite::params!["r", 1, 5], |r| r.get(3))
+                .unwrap()
+                .collect::<rusqlite::Result<_>>()
+                .unwrap();
+            assert!(
+                plan.iter()
+                    .any(|step| step.contains("INDEX messages_target")),
+                "{sql}\n{plan:#?}"
+            );
+            assert!(
+                !plan.iter().any(|step| step.starts_with("SCAN messages")),
+                "{sql}\n{plan:#?}"
+            );
+        }
+    }
+
     #[test]
     fn the_writer_commits_with_wal_and_full_sync() {
         let dir = tempfile::tempdir().unwrap();

@@ -15,10 +15,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use dynamowave_core::conformance;
 use dynamowave_core::ports::{
-    DeadLetterKind, DeadLetters, MessageLog, NewDeadLetter, NewMessage, NoListener, StoreError,
+    DeadLetterKind, DeadLetters, MessageLog, NewDeadLetter, NewEvent, NewMessage, NoListener,
+    StoreError,
 };
 use dynamowave_core::protocol::HistoryQuery;
-use dynamowave_core::{RoomId, UserName};
+use dynamowave_core::{RoomId, Seq, UserName};
 use dynamowave_store_sqlite::SqliteBackend;
 use dynamowave_store_sqlite::cipher::{self, Keyring};
 use dynamowave_store_sqlite::rekey::{self, PLAINTEXT, RekeyOptions};
@@ -42,12 +43,12 @@ fn body(i: usize) -> String {
 }
 
 fn new_message(room: &str, id: &str, data: &str) -> NewMessage {
-    NewMessage {
-        room: RoomId::parse(room).unwrap(),
-        id: id.into(),
-        user: UserName::parse("ann").unwrap(),
-        data: data.into(),
-    }
+    NewMessage::message(
+        RoomId::parse(room).unwrap(),
+        id.into(),
+        UserName::parse("ann").unwrap(),
+        data.into(),
+    )
 }
 
 async fn write(store: &SqliteStore, room: &str, range: std::ops::Range<usize>) {
@@ -154,6 +155,19 @@ async fn encrypted_log_passes_the_conformance_suite() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encrypted_log_passes_the_event_conformance_suite() {
+    let dirs = std::sync::Mutex::new(Vec::new());
+    conformance::events(|listener| {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            SqliteStore::open_with_keys(dir.path(), listener, keys(&[KEY_A, KEY_B])).unwrap();
+        dirs.lock().unwrap().push(dir);
+        async move { Arc::new(store) as Arc<dyn MessageLog> }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rows_hold_ciphertext_and_their_key_id_and_no_file_holds_plaintext() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path(), &[KEY_A]);
@@ -192,6 +206,60 @@ async fn rows_hold_ciphertext_and_their_key_id_and_no_file_holds_plaintext() {
     let store = open(dir.path(), &[KEY_A, KEY_A]);
     assert_eq!(bodies(&store, "general").await.unwrap(), needles[..50]);
     assert_eq!(store.list(0, 10, false).await.unwrap().len(), 1);
+    store.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edit_is_encrypted_like_a_message_and_reads_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), &[KEY_A]);
+    let original = "secret-original-text-of-the-message";
+    let edited = "secret-edited-text-of-the-message";
+    store
+        .append(new_message("general", "m1", original))
+        .await
+        .unwrap();
+    let edit = NewMessage {
+        event: Some(NewEvent::Edit { target: Seq(1) }),
+        ..new_message("general", "e1", edited)
+    };
+    let committed = store.append(edit.clone()).await.unwrap();
+    assert_eq!(committed.message.data, edited);
+    let retried = store.append(edit).await.unwrap();
+    assert!(
+        retried.duplicate && retried.message.data == edited,
+        "decrypted for a retry"
+    );
+
+    let needles = [original.to_owned(), edited.to_owned()];
+    assert_no_plaintext(dir.path(), &needles);
+    let id_a = cipher::key_id(&KEY_A);
+    assert_eq!(
+        key_ids(dir.path(), "messages"),
+        [(Some(id_a.clone()), 2)],
+        "the event row is sealed too"
+    );
+    assert_eq!(bodies(&store, "general").await.unwrap(), [edited]);
+    let entries = store
+        .read_entries(&RoomId::parse("general").unwrap(), Seq(0), 10)
+        .await
+        .unwrap();
+    assert_eq!(entries.messages[1].data, edited);
+    store.shutdown().await;
+    drop(store);
+    assert_no_plaintext(dir.path(), &needles);
+
+    // Rekey moves the event row to the new key like any other (its own row binds it).
+    let report = rekey::rekey(
+        dir.path(),
+        &Keyring::from_keys(&[KEY_A, KEY_B]),
+        &RekeyOptions::default(),
+    )
+    .unwrap();
+    assert!(report.complete(), "{report:?}");
+    assert_eq!(report.messages[&id_a], 2);
+    let store = open(dir.path(), &[KEY_B]);
+    assert_eq!(bodies(&store, "general").await.unwrap(), [edited]);
     store.shutdown().await;
 }
 

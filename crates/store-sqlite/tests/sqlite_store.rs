@@ -10,18 +10,30 @@ use dynamowave_core::{RoomId, Seq, UserName};
 use dynamowave_store_sqlite::sqlite::{OpenError, SqliteStore};
 
 fn new_message(room: &str, id: &str, data: &str) -> NewMessage {
-    NewMessage {
-        room: RoomId::parse(room).unwrap(),
-        id: id.into(),
-        user: UserName::parse("ann").unwrap(),
-        data: data.into(),
-    }
+    NewMessage::message(
+        RoomId::parse(room).unwrap(),
+        id.into(),
+        UserName::parse("ann").unwrap(),
+        data.into(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_log_passes_the_conformance_suite() {
     let dirs = std::sync::Mutex::new(Vec::new());
     conformance::message_log(|listener| {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path(), listener).unwrap();
+        dirs.lock().unwrap().push(dir);
+        async move { Arc::new(store) as Arc<dyn MessageLog> }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_log_passes_the_event_conformance_suite() {
+    let dirs = std::sync::Mutex::new(Vec::new());
+    conformance::events(|listener| {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(dir.path(), listener).unwrap();
         dirs.lock().unwrap().push(dir);

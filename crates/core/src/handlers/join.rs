@@ -8,7 +8,7 @@
 use super::{HandlerError, Services, Session};
 use crate::error::{ChatError, StoreError};
 use crate::ports::Outbox;
-use crate::protocol::{HistoryQuery, MAX_HISTORY_LIMIT, PresenceEvent, ServerFrame};
+use crate::protocol::{MAX_HISTORY_LIMIT, PresenceEvent, ServerFrame};
 use crate::types::{RoomId, Seq};
 
 pub async fn handle(
@@ -29,10 +29,12 @@ pub async fn handle(
         .into());
     }
     let head = enter(session, services, &room).await?;
+    let last_read = last_read(services, &room, &session.user).await?;
     out.send_text(
         ServerFrame::Joined {
             room: room.clone(),
             seq: head,
+            last_read,
         }
         .to_json(),
     )
@@ -78,6 +80,19 @@ pub(crate) async fn enter(
     Ok(head)
 }
 
+/// The user's read position in the room (`Seq::ZERO` when nothing is read yet).
+async fn last_read(
+    services: &Services,
+    room: &RoomId,
+    user: &crate::types::UserName,
+) -> Result<Seq, StoreError> {
+    let positions = services.log.read_positions(room).await?;
+    Ok(positions
+        .into_iter()
+        .find(|(u, _)| u == user)
+        .map_or(Seq::ZERO, |(_, seq)| seq))
+}
+
 fn undo(session: &Session, services: &Services, room: &RoomId) {
     if !session.is_member(room) {
         services.rooms.leave(&session.id, room);
@@ -87,7 +102,7 @@ fn undo(session: &Session, services: &Services, room: &RoomId) {
 /// Replayed messages between two looks at the connection's live queue.
 const PACE_EVERY: usize = 64;
 
-/// Sends the messages `after+1 ..= head` in pages, and past `head` as far as the live messages
+/// Sends the entries `after+1 ..= head` (messages and edits, deletions, reactions) in pages, and past `head` as far as the live messages
 /// the connection's writer dropped meanwhile ([`Outbox::pace_replay`]); returns the last seq
 /// sent through.
 async fn replay(
@@ -103,13 +118,7 @@ async fn replay(
     while cursor < through {
         let page = services
             .log
-            .read(
-                room,
-                HistoryQuery::After {
-                    seq: cursor,
-                    limit: MAX_HISTORY_LIMIT,
-                },
-            )
+            .read_entries(room, cursor, MAX_HISTORY_LIMIT)
             .await?;
         let target = through;
         let mut past_target = false;
@@ -119,7 +128,7 @@ async fn replay(
                 break;
             }
             cursor = m.seq;
-            out.send_text(ServerFrame::Message(m).to_json()).await?;
+            out.send_text(ServerFrame::entry(&m).to_json()).await?;
             if i % PACE_EVERY == PACE_EVERY - 1
                 && let Some(dropped) = out.pace_replay(session, room).await?
             {

@@ -14,7 +14,15 @@ pub async fn handle(
     if services.log.head(&room).await?.is_none() {
         return Err(unknown_room(&room).into());
     }
-    let members = services.rooms.members(&room).await?;
+    let mut members = services.rooms.members(&room).await?;
+    let positions = services.log.read_positions(&room).await?;
+    if !positions.is_empty() {
+        for m in &mut members {
+            if let Some((_, seq)) = positions.iter().find(|(u, _)| *u == m.user) {
+                m.last_read = *seq;
+            }
+        }
+    }
     out.send_text(ServerFrame::Members { room, members }.to_json())
         .await?;
     Ok(())

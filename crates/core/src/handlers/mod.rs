@@ -6,12 +6,17 @@
 
 pub mod connect;
 pub mod default;
+pub mod delete;
 pub mod disconnect;
+pub mod edit;
 pub mod history;
 pub mod join;
 pub mod leave;
 pub mod members;
+pub mod react;
+pub mod read;
 pub mod sendmessage;
+pub mod typing;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,6 +39,8 @@ pub struct Services {
     pub connections: Arc<dyn ConnectionStore>,
     pub rooms: Arc<dyn RoomMembership>,
     pub limits: Limits,
+    /// Who had a `typing` forwarded when (one per user and room per 2 s).
+    pub typing: Arc<typing::TypingGate>,
 }
 
 /// One connection's state, owned by its task.
@@ -168,15 +175,12 @@ impl Session {
         };
         let room = match (self.mode, frame) {
             (Mode::Compat, ClientFrame::SendMessage { .. }) => RoomId::default_room(),
-            (
-                Mode::V1,
-                ClientFrame::SendMessage {
-                    room: Some(room), ..
-                },
-            )
-            | (Mode::V1, ClientFrame::Join { room, .. })
-            | (Mode::V1, ClientFrame::History { room, .. })
-            | (Mode::V1, ClientFrame::Members { room }) => room.clone(),
+            // Leaving a room is always allowed; everything else that names one is checked.
+            (Mode::V1, ClientFrame::Leave { .. }) => return Ok(()),
+            (Mode::V1, frame) => match frame.room() {
+                Some(room) => room.clone(),
+                None => return Ok(()),
+            },
             _ => return Ok(()),
         };
         if allowed.contains(&room) {
@@ -201,6 +205,14 @@ impl Session {
         self.rooms.retain(|(r, _)| r != room);
         self.rooms.len() != before
     }
+}
+
+/// `not_joined` for an action in a room the connection is not in.
+pub(crate) fn not_joined(room: &RoomId, to: &str) -> ChatError {
+    ChatError::new(
+        ErrorCode::NotJoined,
+        format!("join room {room} before {to}: {{\"action\":\"join\",\"room\":\"{room}\"}}"),
+    )
 }
 
 /// How a handler failed.
@@ -277,6 +289,34 @@ async fn route(
             history::handle(services, out, room, query).await
         }
         (Mode::V1, ClientFrame::Members { room }) => members::handle(services, out, room).await,
+        (
+            Mode::V1,
+            ClientFrame::Edit {
+                room,
+                seq,
+                data,
+                id,
+            },
+        ) => edit::handle(session, services, out, room, seq, data, id).await,
+        (Mode::V1, ClientFrame::Delete { room, seq, id }) => {
+            delete::handle(session, services, out, room, seq, id).await
+        }
+        (
+            Mode::V1,
+            ClientFrame::React {
+                room,
+                seq,
+                emoji,
+                on,
+                id,
+            },
+        ) => react::handle(session, services, out, room, seq, emoji, on, id).await,
+        (Mode::V1, ClientFrame::Read { room, seq }) => {
+            read::handle(session, services, out, room, seq).await
+        }
+        (Mode::V1, ClientFrame::Typing { room }) => {
+            typing::handle(session, services, out, room).await
+        }
         // Everything else, and in compat mode everything but sendmessage (the decoder made it
         // Default already), is $default.
         _ => default::handle(session, out).await,

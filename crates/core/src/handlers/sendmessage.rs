@@ -4,9 +4,9 @@
 
 use std::borrow::Cow;
 
-use super::{HandlerError, Services, Session};
-use crate::error::{ChatError, ErrorCode};
-use crate::ports::{Appended, NewMessage, Outbox};
+use super::{HandlerError, Services, Session, not_joined};
+use crate::error::ChatError;
+use crate::ports::{Appended, NewEvent, NewMessage, Outbox};
 use crate::protocol::{Mode, ServerFrame};
 use crate::types::{RoomId, random_token};
 
@@ -43,19 +43,31 @@ pub(crate) fn prepare(
         }
     };
     if !session.is_member(&room) {
-        return Err(ChatError::new(
-            ErrorCode::NotJoined,
-            format!(
-                "join room {room} before sending to it: {{\"action\":\"join\",\"room\":\"{room}\"}}"
-            ),
-        ));
+        return Err(not_joined(&room, "sending to it"));
     }
-    Ok(NewMessage {
+    Ok(NewMessage::message(
         room,
-        id: id.map(Cow::into_owned).unwrap_or_else(|| random_token(16)),
-        user: session.user.clone(),
-        data: data.into_owned(),
-    })
+        id.map(Cow::into_owned).unwrap_or_else(|| random_token(16)),
+        session.user.clone(),
+        data.into_owned(),
+    ))
+}
+
+/// Appends an edit, deletion or reaction (`entry` as [`prepare`] made it) and acks it as a
+/// send: the log checks the message it names and refuses with what to fix.
+pub(crate) async fn append_event(
+    session: &Session,
+    services: &Services,
+    out: &mut dyn Outbox,
+    mut entry: NewMessage,
+    event: NewEvent,
+) -> Result<(), HandlerError> {
+    entry.event = Some(event);
+    let appended = services.log.append(entry).await?;
+    if let Some(ack) = ack(session.mode, &appended) {
+        out.send_text(ack).await?;
+    }
+    Ok(())
 }
 
 /// The `ack` frame v1 clients get after the commit; compat clients get none.

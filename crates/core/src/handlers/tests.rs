@@ -37,10 +37,12 @@ impl RoomMembership for Rooms {
             .map(|c| Member {
                 connection_id: c.clone(),
                 user: UserName::parse("u").unwrap(),
+                last_read: Seq::ZERO,
             })
             .collect())
     }
     fn presence(&self, _: &RoomId, _: PresenceEvent, _: &UserName, _: &ConnectionId) {}
+    fn signal(&self, _: &RoomId, _: &str, _: Option<&ConnectionId>) {}
 }
 
 #[derive(Default)]
@@ -65,6 +67,7 @@ fn services() -> Services {
             max_message_bytes: 4096,
             max_rooms_per_connection: 100,
         },
+        typing: Arc::default(),
     }
 }
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{Put, TransactWriteItem, Update};
-use dynamowave_core::ports::{Appended, Deletion, MessageLog, NewMessage, StoreError};
+use dynamowave_core::ports::{Appended, Deletion, MessageLog, NewMessage, StoreError, refusal};
 use dynamowave_core::protocol::{ChatMessage, HistoryQuery, Page};
 use dynamowave_core::types::{RoomId, Seq, UserName, now_ms, random_token};
 use rand::Rng;
@@ -48,14 +48,14 @@ fn message_key(room: &RoomId, seq: u64) -> Item {
 }
 
 fn message_of(room: &RoomId, item: &Item) -> Result<ChatMessage, StoreError> {
-    Ok(ChatMessage {
-        room: room.clone(),
-        seq: Seq(get_n(item, "seq")?),
-        id: get_s(item, "id")?.to_owned(),
-        user: UserName::parse(get_s(item, "user")?).map_err(|_| malformed("user"))?,
-        data: get_s(item, "data")?.to_owned(),
-        ts: get_n(item, "ts")?,
-    })
+    Ok(ChatMessage::new(
+        room.clone(),
+        Seq(get_n(item, "seq")?),
+        get_s(item, "id")?.to_owned(),
+        UserName::parse(get_s(item, "user")?).map_err(|_| malformed("user"))?,
+        get_s(item, "data")?.to_owned(),
+        get_n(item, "ts")?,
+    ))
 }
 
 enum Attempt {
@@ -170,14 +170,14 @@ impl DynamoStore {
             .send()
             .await;
         match written {
-            Ok(_) => Ok(Attempt::Committed(Arc::new(ChatMessage {
-                room: m.room.clone(),
-                seq: Seq(seq),
-                id: m.id.clone(),
-                user: m.user.clone(),
-                data: m.data.clone(),
+            Ok(_) => Ok(Attempt::Committed(Arc::new(ChatMessage::new(
+                m.room.clone(),
+                Seq(seq),
+                m.id.clone(),
+                m.user.clone(),
+                m.data.clone(),
                 ts,
-            }))),
+            )))),
             Err(e) => {
                 let codes = e
                     .as_service_error()
@@ -209,6 +209,12 @@ impl DynamoStore {
 #[async_trait]
 impl MessageLog for DynamoStore {
     async fn append(&self, m: NewMessage) -> Result<Appended, StoreError> {
+        if m.event.is_some() {
+            return Err(refusal::unsupported(
+                "editing, deleting and reacting to messages",
+                "AWS (DynamoDB)",
+            ));
+        }
         let key = id_key(&m.room, &m.user, &m.id);
         let lock = self.room_lock(&m.room);
         let _serial = lock.lock().await;

@@ -50,12 +50,12 @@ pub async fn post_message(
     let appended = state
         .services
         .log
-        .append(NewMessage {
+        .append(NewMessage::message(
             room,
-            id: req.id.unwrap_or_else(|| random_token(16)),
+            req.id.unwrap_or_else(|| random_token(16)),
             user,
-            data: req.data,
-        })
+            req.data,
+        ))
         .await?;
     let m = &appended.message;
     let status = if appended.duplicate {
