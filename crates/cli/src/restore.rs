@@ -32,7 +32,7 @@ pub fn run(args: RestoreArgs) -> anyhow::Result<()> {
     }
     let info = snapshot::restore(&args.from, args.to, &args.into)?;
     println!(
-        "restored {} to {} (source taken at {}): {} messages kept, {} dropped, {} tombstones cleared, {} still deleted; {} rooms ({} dropped); dead letters: {} dropped, {} un-replayed",
+        "restored {} to {} (source taken at {}): {} messages kept, {} dropped, {} tombstones cleared, {} still deleted; {} rooms ({} dropped); dead letters: {} dropped, {} un-replayed; {} edits, deletions and reactions undone; {} read positions reset",
         info.into.display(),
         rfc3339_ms(info.to),
         rfc3339_ms(info.source_taken_at),
@@ -43,7 +43,9 @@ pub fn run(args: RestoreArgs) -> anyhow::Result<()> {
         info.rooms,
         info.rooms_dropped,
         info.dead_letters_dropped,
-        info.dead_letters_unreplayed
+        info.dead_letters_unreplayed,
+        info.events_dropped,
+        info.read_positions_dropped
     );
     Ok(())
 }
