@@ -602,3 +602,48 @@ async fn bench_spreads_its_clients_over_the_nodes_and_every_message_arrives() {
         assert_eq!(report["delivered"], report["expected"], "{report}");
     }
 }
+
+#[tokio::test]
+async fn typing_crosses_nodes_and_edits_are_refused_with_what_is_missing() {
+    let Some(nats) = nats::NatsServer::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let url = nats.url();
+    let (a, b) = (node(&dir, &url, "a", &[]), node(&dir, &url, "b", &[]));
+    let mut alice = joined(&a, "alice", "general", None).await;
+    let mut bob = joined(&b, "bob", "general", None).await;
+    wait_members(&a, "general", &["alice", "bob"]).await;
+    alice.typing("general").await.unwrap();
+    loop {
+        match bob.next_within(WAIT).await.unwrap() {
+            ServerFrame::Typing { user, room } => {
+                assert_eq!((user.as_str(), room.as_str()), ("alice", "general"));
+                break;
+            }
+            ServerFrame::Presence { .. } => {}
+            other => panic!("expected alice's typing on node b, got {other:?}"),
+        }
+    }
+    alice.send_message("general", "hi", "m1").await.unwrap();
+    assert!(matches!(
+        ack_or_error(&mut alice).await,
+        ServerFrame::Ack { .. }
+    ));
+    alice.edit("general", 1, "hello", "e1").await.unwrap();
+    match ack_or_error(&mut alice).await {
+        ServerFrame::Error {
+            code, message, id, ..
+        } => {
+            assert_eq!(code, ErrorCode::BadRequest);
+            assert_eq!(id.as_deref(), Some("e1"));
+            assert!(
+                message.contains("not supported by the cluster (NATS) store"),
+                "{message}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // The typist did not hear itself: the next frame after its own message is the refusal.
+    let _ = (a, b);
+}

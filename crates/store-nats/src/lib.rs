@@ -14,12 +14,14 @@
 //!   (per-key TTL on each node's heartbeat key): cluster-wide `members` and presence events.
 //! - [`peers`]: `@connections` requests to the node that holds the connection.
 //! - [`dead_letters`]: the dead-letter queue in the `DW_DEADLETTERS` KV bucket.
+//! - [`signals`]: read receipts and typing notices to every node's members (core NATS).
 
 pub mod dead_letters;
 pub mod log;
 pub mod names;
 pub mod peers;
 pub mod presence;
+pub mod signals;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -332,6 +334,12 @@ impl Backend for NatsBackend {
             c.node_id.clone(),
             fanout.local.clone(),
         ));
+        tokio::spawn(signals::serve(
+            client.clone(),
+            names.clone(),
+            c.node_id.clone(),
+            fanout.rooms.clone(),
+        ));
         tracing::info!(node = %c.node_id, url = %c.url, "cluster node joined");
         let lifecycle = Arc::new(Lifecycle {
             js,
@@ -344,7 +352,10 @@ impl Backend for NatsBackend {
             kind: "nats",
             log,
             connections: presence.clone(),
-            rooms: Arc::new(ClusterRooms(presence.clone())),
+            rooms: Arc::new(ClusterRooms(
+                presence.clone(),
+                signals::Signals::new(client.clone(), names.clone(), c.node_id.clone()),
+            )),
             dead_letters: Arc::new(KvDeadLetters::new(dead_letters)),
             lifecycle,
             peers: Some(Arc::new(peers::Peers::new(client, names, presence))),

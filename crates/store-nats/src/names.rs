@@ -19,6 +19,10 @@ pub const DELETED_AT: &str = "Dw-Deleted-At";
 /// Header on a tombstone: the room's head when it was written (a tombstone can be the newest
 /// entry of a room, and the head must not move back).
 pub const HEAD: &str = "Dw-Head";
+/// The node a signal comes from (its own hub has delivered it already).
+pub const NODE: &str = "Dw-Node";
+/// The connection a signal is not for (the typist).
+pub const EXCEPT: &str = "Dw-Except";
 
 pub fn room_token(room: &RoomId) -> String {
     room.as_str().replace('.', "=")
@@ -93,6 +97,20 @@ impl Names {
     /// The readiness probe's own subject in the messages stream (not delivered to anyone).
     pub fn probe(&self, node: &str) -> String {
         format!("{}.probe.{node}", self.root)
+    }
+
+    /// Unstored frames to a room's members on every node: `dw.signal.<room>`.
+    pub fn signal(&self, room: &RoomId) -> String {
+        format!("{}.signal.{}", self.root, room_token(room))
+    }
+
+    pub fn all_signals(&self) -> String {
+        format!("{}.signal.*", self.root)
+    }
+
+    pub fn parse_signal(&self, subject: &str) -> Option<RoomId> {
+        let token = subject.strip_prefix(&self.root)?.strip_prefix(".signal.")?;
+        room_from_token(token)
     }
 
     /// Where a node answers for its connections (`@connections` from other nodes).

@@ -580,7 +580,7 @@ impl ConnectionStore for Presence {
 
 /// Membership as the handlers see it in a cluster: joins and presence go to this node's hub
 /// (the other nodes learn them from the bucket); `members` is cluster-wide.
-pub struct ClusterRooms(pub Arc<Presence>);
+pub struct ClusterRooms(pub Arc<Presence>, pub crate::signals::Signals);
 
 #[async_trait::async_trait]
 impl RoomMembership for ClusterRooms {
@@ -624,6 +624,7 @@ impl RoomMembership for ClusterRooms {
 
     fn signal(&self, room: &RoomId, frame: &str, except: Option<&ConnectionId>) {
         self.0.local.signal(room, frame, except);
+        self.1.publish(room, frame, except);
     }
 }
 
