@@ -57,6 +57,33 @@ pub struct ServeArgs {
     pub limits: LimitArgs,
     #[command(flatten)]
     pub cluster: ClusterArgs,
+    #[command(flatten)]
+    pub hooks: HookArgs,
+}
+
+/// The product's backend's say over joins (TOML table `[hooks]`; docs/protocol.md, "Join hook").
+#[derive(Args, Debug, Default)]
+pub struct HookArgs {
+    /// http:// URL POSTed before every join; a 2xx allows, a 4xx refuses with its reason.
+    #[arg(long, env = "DYNAMOWAVE_JOIN_HOOK_URL", help_heading = "Hooks")]
+    pub join_hook_url: Option<String>,
+    /// Milliseconds the join hook may take [default: 2000].
+    #[arg(long, env = "DYNAMOWAVE_JOIN_HOOK_TIMEOUT_MS", help_heading = "Hooks")]
+    pub join_hook_timeout_ms: Option<u64>,
+    /// A join hook that times out, fails or answers 5xx: allow or deny [default: deny].
+    #[arg(long, env = "DYNAMOWAVE_JOIN_HOOK_ON_TIMEOUT", help_heading = "Hooks")]
+    pub join_hook_on_timeout: Option<dynamowave_server::config::HookFallback>,
+    /// Ask the join hook before every $connect too (event `connect`).
+    #[arg(long, env = "DYNAMOWAVE_JOIN_HOOK_ON_CONNECT", help_heading = "Hooks")]
+    pub join_hook_on_connect: Option<bool>,
+    /// Signs hook requests: X-DynamoWave-Signature: sha256=<hex HMAC-SHA256 of the body>.
+    #[arg(
+        long,
+        env = "DYNAMOWAVE_WEBHOOK_SECRET",
+        hide_env_values = true,
+        help_heading = "Hooks"
+    )]
+    pub webhook_secret: Option<String>,
 }
 
 /// One node of a cluster on NATS JetStream instead of the embedded store (TOML table
@@ -342,6 +369,12 @@ impl ServeArgs {
             cluster_duplicate_window_s => duplicate_window_s,
             cluster_node_ttl_s => node_ttl_s,
             cluster_prefix => prefix
+        );
+        set_opt_in!(hooks, hooks: join_hook_url => join_hook_url, webhook_secret => webhook_secret);
+        set_in!(hooks, hooks:
+            join_hook_timeout_ms => join_hook_timeout_ms,
+            join_hook_on_timeout => join_hook_on_timeout,
+            join_hook_on_connect => join_hook_on_connect
         );
         c.validate()?;
         Ok(c)

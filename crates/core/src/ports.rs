@@ -331,6 +331,39 @@ pub trait Outbox: Send {
 }
 
 // ---------------------------------------------------------------------------------------------
+// The product's backend
+
+/// What the product's backend is asked to allow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GateEvent {
+    /// A `join` of `room`.
+    Join,
+    /// A `$connect` (no room), when the gate is set to check those too.
+    Connect,
+}
+
+/// One request to a [`JoinGate`].
+#[derive(Clone, Copy, Debug)]
+pub struct GateRequest<'a> {
+    pub event: GateEvent,
+    pub room: Option<&'a RoomId>,
+    pub user: &'a UserName,
+    pub connection: &'a ConnectionId,
+    pub source_ip: &'a str,
+}
+
+/// A synchronous check by the product's backend before a `join` (and, when configured, before
+/// `$connect`): `Ok` lets it through; a refusal is a `forbidden` error whose message the client
+/// sees. How a backend that does not answer in time is treated is the gate's setting.
+#[async_trait]
+pub trait JoinGate: Send + Sync + 'static {
+    async fn check(&self, request: GateRequest<'_>) -> Result<(), ChatError>;
+
+    /// Whether `$connect` is checked too.
+    fn checks_connect(&self) -> bool;
+}
+
+// ---------------------------------------------------------------------------------------------
 // Dead letters
 
 /// What kind of operation a dead letter holds.

@@ -162,6 +162,7 @@ impl<'a> Invocation<'a> {
             limits: handler.config.limits,
             // One gate per execution environment: typing is throttled per warm instance.
             typing: TYPING.clone(),
+            join_gate: None,
         };
         Invocation {
             handler,

@@ -63,6 +63,7 @@ impl AppState {
                 rooms: hub.clone(),
                 limits: AppState::limits(&config),
                 typing: Arc::default(),
+                join_gate: None,
             },
             peers: None,
             dead_letters: Arc::new(DeadLetterQueue::new(
@@ -193,6 +194,8 @@ impl Server {
                 rooms: stores.rooms.clone(),
                 limits: AppState::limits(&config),
                 typing: Arc::default(),
+                join_gate: crate::hooks::HttpJoinGate::from_config(&config.hooks)
+                    .map(|g| Arc::new(g) as Arc<dyn dynamowave_core::ports::JoinGate>),
             },
             hub: hub.clone(),
             peers: stores.peers.clone(),

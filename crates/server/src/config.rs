@@ -45,6 +45,59 @@ pub struct ServerConfig {
     pub encryption: EncryptionConfig,
     /// `[cluster]`: one node of a cluster on NATS JetStream instead of the embedded store.
     pub cluster: ClusterConfig,
+    /// `[hooks]`: the product's backend's say over joins.
+    pub hooks: HooksConfig,
+}
+
+/// `[hooks]` (flags `--join-hook-*`, `--webhook-secret`; docs/protocol.md, "Join hook").
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct HooksConfig {
+    /// `http://` URL POSTed before every `join` (and `$connect` with `join-hook-on-connect`);
+    /// a 2xx allows, a 4xx refuses with its `reason`.
+    pub join_hook_url: Option<String>,
+    /// How long the hook may take before `join-hook-on-timeout` decides.
+    pub join_hook_timeout_ms: u64,
+    /// What a hook that times out, cannot be reached or answers 5xx means.
+    pub join_hook_on_timeout: HookFallback,
+    /// Checks `$connect` too (the event `connect`, without a room).
+    pub join_hook_on_connect: bool,
+    /// Signs hook requests: `X-DynamoWave-Signature: sha256=<hex HMAC-SHA256 of the body>`.
+    pub webhook_secret: Option<String>,
+}
+
+impl Default for HooksConfig {
+    fn default() -> Self {
+        HooksConfig {
+            join_hook_url: None,
+            join_hook_timeout_ms: 2000,
+            join_hook_on_timeout: HookFallback::Deny,
+            join_hook_on_connect: false,
+            webhook_secret: None,
+        }
+    }
+}
+
+/// What an unanswered hook means.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HookFallback {
+    Allow,
+    Deny,
+}
+
+impl std::str::FromStr for HookFallback {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "allow" => Ok(HookFallback::Allow),
+            "deny" => Ok(HookFallback::Deny),
+            other => Err(format!(
+                "join-hook-on-timeout is `allow` or `deny`, not {other:?}"
+            )),
+        }
+    }
 }
 
 /// `[cluster]` (flags `--cluster`, `--node-id`, `--cluster-*`; docs/cluster.md). With no `url`
@@ -267,6 +320,7 @@ impl Default for ServerConfig {
             limits: LimitsConfig::default(),
             encryption: EncryptionConfig::default(),
             cluster: ClusterConfig::default(),
+            hooks: HooksConfig::default(),
         }
     }
 }
@@ -323,6 +377,24 @@ impl ServerConfig {
         }
         if self.admin_token.as_deref().is_some_and(|t| t.len() < 16) {
             return bad("admin-token must be at least 16 characters");
+        }
+        if let Some(url) = &self.hooks.join_hook_url
+            && !url.starts_with("http://")
+        {
+            return bad(
+                "join-hook-url must be an http:// URL (put the backend next to the server, or a TLS-terminating proxy in front of it)",
+            );
+        }
+        if self.hooks.join_hook_timeout_ms == 0 {
+            return bad("join-hook-timeout-ms must be at least 1");
+        }
+        if self
+            .hooks
+            .webhook_secret
+            .as_deref()
+            .is_some_and(|s| s.len() < 16)
+        {
+            return bad("webhook-secret must be at least 16 characters");
         }
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             return bad("tls-cert and tls-key go together: give both or neither");

@@ -23,7 +23,9 @@ use dynamowave_core::error::close_code;
 use dynamowave_core::handlers::{
     HandlerError, PendingSend, Session, connect, disconnect, dispatch_ahead, send_error, settle,
 };
-use dynamowave_core::ports::{DeadLetterKind, Disconnected, NewDeadLetter, Outbox};
+use dynamowave_core::ports::{
+    DeadLetterKind, Disconnected, GateEvent, GateRequest, NewDeadLetter, Outbox,
+};
 use dynamowave_core::protocol::{Identity, Mode, SUBPROTOCOL_V1};
 use dynamowave_core::types::now_ms;
 use dynamowave_core::{ChatError, ConnectionId, RoomId, Seq};
@@ -102,6 +104,25 @@ pub async fn upgrade(
     let mut session = Session::new(ConnectionId::generate(), admitted.user, mode, identity);
     if let Some(rooms) = admitted.rooms {
         session.restrict_rooms(rooms);
+    }
+    // The product's backend may refuse the connection (`--join-hook-on-connect`): a 403 with
+    // its reason, before the upgrade, as API Gateway refuses a `$connect`.
+    if let Some(gate) = state
+        .services
+        .join_gate
+        .as_ref()
+        .filter(|g| g.checks_connect())
+        && let Err(refusal) = gate
+            .check(GateRequest {
+                event: GateEvent::Connect,
+                room: None,
+                user: &session.user,
+                connection: &session.id,
+                source_ip: &session.identity.source_ip,
+            })
+            .await
+    {
+        return ApiError(refusal).into_response();
     }
     let config = &state.config;
     let socket_config = WebSocketConfig::default()

@@ -30,6 +30,8 @@
 //! - [`telemetry`]: `GET /metrics` (Prometheus).
 //! - [`instruments`]: the metric handles the gateway and the hub record into, and the
 //!   descriptions of every metric (the store records its own).
+//! - [`hooks`]: the join hook (`--join-hook-url`): the product's backend allows or refuses a
+//!   `join` (and `$connect`) over HTTP.
 //! - [`health`]: `GET /healthz` (the process is up) and `GET /readyz` (not shutting down, the
 //!   store writable: its `StoreLifecycle::probe`).
 //! - [`web`]: the browser chat page at `/`, embedded in the binary (`web/`).
@@ -40,6 +42,7 @@ pub mod config;
 pub mod dlq;
 pub mod gateway;
 pub mod health;
+pub mod hooks;
 pub mod hub;
 pub mod identity;
 pub mod instruments;

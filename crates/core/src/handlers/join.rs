@@ -7,7 +7,7 @@
 
 use super::{HandlerError, Services, Session};
 use crate::error::{ChatError, StoreError};
-use crate::ports::Outbox;
+use crate::ports::{GateEvent, GateRequest, Outbox};
 use crate::protocol::{MAX_HISTORY_LIMIT, PresenceEvent, ServerFrame};
 use crate::types::{RoomId, Seq};
 
@@ -27,6 +27,16 @@ pub async fn handle(
              (max-rooms-per-connection); leave one before joining {room}"
         ))
         .into());
+    }
+    if !already_member && let Some(gate) = &services.join_gate {
+        gate.check(GateRequest {
+            event: GateEvent::Join,
+            room: Some(&room),
+            user: &session.user,
+            connection: &session.id,
+            source_ip: &session.identity.source_ip,
+        })
+        .await?;
     }
     let head = enter(session, services, &room).await?;
     let last_read = last_read(services, &room, &session.user).await?;

@@ -41,6 +41,9 @@ pub struct Services {
     pub limits: Limits,
     /// Who had a `typing` forwarded when (one per user and room per 2 s).
     pub typing: Arc<typing::TypingGate>,
+    /// The product's backend's check before a join (`--join-hook-url`); `None`: every join
+    /// the token allows goes through.
+    pub join_gate: Option<Arc<dyn crate::ports::JoinGate>>,
 }
 
 /// One connection's state, owned by its task.

@@ -68,6 +68,7 @@ fn services() -> Services {
             max_rooms_per_connection: 100,
         },
         typing: Arc::default(),
+        join_gate: None,
     }
 }
 
