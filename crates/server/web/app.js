@@ -23,6 +23,10 @@ const STORAGE_TOKEN = 'dynamowave.token';
 // A token travels as a second offered subprotocol: never in the URL, so never in access logs.
 const TOKEN_PROTOCOL_PREFIX = 'dynamowave.token.';
 const STORAGE_ROOMS = 'dynamowave.rooms';
+const QUICK_EMOJIS = ['👍', '❤️', '😂', '🎉'];
+const READ_DELAY_MS = 500; // a burst of messages is marked read once
+const TYPING_SEND_MS = 2000; // at most one `typing` per room this often
+const TYPING_SHOW_MS = 5000; // someone's "is typing" shows this long after their last one
 
 // ---------------------------------------------------------------------------------------------
 // DOM helpers
@@ -76,6 +80,7 @@ const ui = {
   composerLabel: $('#composer-label'),
   send: $('#send'),
   announcer: $('#announcer'),
+  typing: $('#typing'),
 };
 
 const storage = {
@@ -135,12 +140,16 @@ const state = {
   shown: null, // the Room on screen
   outbox: new Map(), // message id -> own message record not yet acked (pending or failed)
   lastSentId: null,
+  ops: new Map(), // id -> {frame, tries, sentGen}: an edit, delete or react not acked yet
+  readsOff: false, // the server's store keeps no read positions: stop sending `read`
 };
 
 /**
- * One joined room. Message records: {key, id, user, data, seq, ts, own, el, state} where
- * state is 'sent', 'pending' or 'failed' and key is `${user}\u0000${id}` (a message id is
- * unique per (room, user), not per room).
+ * One joined room. Message records: {key, id, room, user, data, seq, ts, own, el, state,
+ * editedAt, reactions, mine} where state is 'sent', 'pending' or 'failed', key is
+ * `${user}\u0000${id}` (a message id is unique per (room, user), not per room), reactions are
+ * the counts by emoji and mine the emojis this user is known (from `reaction` frames) to have set.
+ * A deleted message keeps its record (deleted: true) so that it is never shown again.
  */
 function createRoom(name) {
   return {
@@ -158,6 +167,12 @@ function createRoom(name) {
     unread: 0,
     scrollTop: null, // remembered while another room is shown
     item: null, // its <li> in #rooms
+    reads: new Map(), // other user -> the seq they have read through
+    marked: new Set(), // the records showing a "Read by" mark
+    myRead: 0, // this user's read position, as the server knows it
+    readSent: 0, // the last `read` sent on this socket
+    typing: new Map(), // user -> the timer that hides their "is typing"
+    typingSentAt: 0,
   };
 }
 
@@ -282,7 +297,8 @@ function sendFrame(frame, context = {}) {
   const socket = state.ws;
   if (!socket || !state.ready || socket.readyState !== WebSocket.OPEN) return false;
   socket.send(JSON.stringify(frame));
-  state.replies.push({ action: frame.action, room: frame.room, id: frame.id, ...context });
+  // `typing` gets no reply; everything else gets exactly one.
+  if (frame.action !== 'typing') state.replies.push({ action: frame.action, room: frame.room, id: frame.id, ...context });
   return true;
 }
 
@@ -305,6 +321,10 @@ function takeRequest(frame) {
   if (frame.type === 'error') {
     index = frame.id ? state.replies.findIndex((r) => r.id === frame.id) : -1;
     if (index < 0) index = 0;
+  } else if (frame.type === 'ack') {
+    // Sends, edits, deletions and reactions are all acked: by id when it is there.
+    index = state.replies.findIndex((r) => r.id === frame.id);
+    if (index < 0) index = state.replies.findIndex((r) => r.action === 'sendmessage');
   } else {
     index = state.replies.findIndex((r) => r.action === REPLY_TO[frame.type]);
   }
@@ -360,9 +380,13 @@ const handlers = {
       showError(`#${room.name} was reset on the server; reloading its messages.`);
     }
     if (room.last === null) room.last = frame.seq;
+    room.myRead = frame.lastRead ?? 0;
+    room.readSent = 0;
     if (!room.historyDone) requestHistory(room, null);
     sendFrame({ action: 'members', room: room.name });
     flushOutbox(room);
+    flushOps(room);
+    scheduleRead();
   },
 
   message(frame) {
@@ -370,10 +394,68 @@ const handlers = {
     if (!room) return;
     const rec = applyMessage(room, frame);
     if (rec && !rec.own) noteNewMessage(room, rec);
+    stopTyping(room, frame.user);
+    scheduleRead();
+  },
+
+  edited(frame) {
+    const room = state.rooms.get(frame.room);
+    if (!room) return;
+    noteEntry(room, frame.eventSeq);
+    const rec = room.bySeq.get(frame.seq);
+    if (!rec || rec.deleted) return; // not loaded (history will show it as it is now), or gone
+    rec.data = frame.data;
+    rec.editedAt = frame.editedAt;
+    withScroll(room, 'follow', () => paintMessage(rec));
+  },
+
+  deleted(frame) {
+    const room = state.rooms.get(frame.room);
+    if (!room) return;
+    noteEntry(room, frame.eventSeq);
+    const rec = room.bySeq.get(frame.seq);
+    if (rec && !rec.deleted) removeMessage(room, rec);
+  },
+
+  reaction(frame) {
+    const room = state.rooms.get(frame.room);
+    if (!room) return;
+    noteEntry(room, frame.eventSeq);
+    const rec = room.bySeq.get(frame.seq);
+    if (!rec || rec.deleted) return;
+    rec.reactions = frame.counts ?? {};
+    if (frame.user === state.name) {
+      if (frame.on) rec.mine.add(frame.emoji);
+      else rec.mine.delete(frame.emoji);
+    }
+    withScroll(room, 'follow', () => paintReactions(rec));
+  },
+
+  read(frame) {
+    const room = state.rooms.get(frame.room);
+    if (!room) return;
+    if (frame.user === state.name) {
+      // The answer to our `read` (or one from another tab of this user).
+      const index = state.replies.findIndex((r) => r.action === 'read' && r.room === room.name);
+      if (index >= 0) state.replies.splice(index, 1);
+      room.myRead = Math.max(room.myRead, frame.seq);
+      return;
+    }
+    setRead(room, frame.user, frame.seq);
+  },
+
+  typing(frame) {
+    const room = state.rooms.get(frame.room);
+    if (!room || frame.user === state.name) return;
+    clearTimeout(room.typing.get(frame.user));
+    room.typing.set(frame.user, setTimeout(() => stopTyping(room, frame.user), TYPING_SHOW_MS));
+    if (room === state.shown) renderTyping();
   },
 
   ack(frame) {
     takeRequest(frame);
+    // An edit, deletion or reaction: its `edited`/`deleted`/`reaction` frame shows it.
+    if (state.ops.delete(frame.id)) return;
     const room = state.rooms.get(frame.room);
     const rec = state.outbox.get(frame.id);
     state.outbox.delete(frame.id);
@@ -398,6 +480,7 @@ const handlers = {
       renderOlder(room);
       renderEmpty(room);
     }
+    scheduleRead();
   },
 
   members(frame) {
@@ -405,6 +488,10 @@ const handlers = {
     const room = state.rooms.get(frame.room);
     if (!room) return;
     room.members = frame.members;
+    for (const member of frame.members) {
+      if (member.user === state.name) room.myRead = Math.max(room.myRead, member.lastRead ?? 0);
+      else setRead(room, member.user, member.lastRead ?? 0);
+    }
     if (room === state.shown) renderMembers(room);
   },
 
@@ -423,6 +510,16 @@ const handlers = {
 
   error(frame) {
     const request = takeRequest(frame);
+    const op = frame.id ? state.ops.get(frame.id) : null;
+    if (op) {
+      opFailed(op, frame);
+      return;
+    }
+    if (request?.action === 'read') {
+      // Not worth troubling the user; a store without read positions refuses them all.
+      if (frame.code === 'bad_request') state.readsOff = true;
+      return;
+    }
     const rec = frame.id ? state.outbox.get(frame.id) : null;
     const roomName = rec?.room ?? request?.room ?? frame.room;
     const text = errorText(frame, roomName);
@@ -560,6 +657,8 @@ function leaveRoom(room) {
   state.rooms.delete(room.name);
   room.item.remove();
   for (const [id, rec] of state.outbox) if (rec.room === room.name) state.outbox.delete(id);
+  for (const [id, op] of state.ops) if (op.frame.room === room.name) state.ops.delete(id);
+  for (const timer of room.typing.values()) clearTimeout(timer);
   saveRooms();
   if (state.shown === room) {
     const next = state.rooms.values().next().value ?? null;
@@ -575,6 +674,7 @@ function resetRoom(room) {
   }
   room.bySeq.clear();
   room.seqs = [];
+  room.marked.clear();
   room.last = null;
   room.historyDone = false;
   room.more = false;
@@ -631,6 +731,7 @@ function showRoom(room, focusComposer = false) {
   ui.send.disabled = !room;
   ui.roomTitle.textContent = room ? `#${room.name}` : 'No room';
   document.title = room ? `#${room.name} · DynamoWave` : 'DynamoWave chat';
+  renderTyping();
   if (!room) {
     renderMembers(null);
     renderOlder(null);
@@ -645,6 +746,7 @@ function showRoom(room, focusComposer = false) {
   renderEmpty(room);
   ui.messages.scrollTop = room.scrollTop ?? ui.messages.scrollHeight;
   if (focusComposer) ui.composer.focus();
+  scheduleRead();
 }
 
 function renderMembers(room) {
@@ -684,7 +786,7 @@ function renderOlder(room) {
 }
 
 function renderEmpty(room) {
-  const empty = room && room.historyDone && room.byKey.size === 0;
+  const empty = room && room.historyDone && !room.log.querySelector('.message');
   ui.empty.hidden = !empty;
   ui.empty.textContent = empty ? `No messages in #${room.name} yet. Say hello!` : '';
 }
@@ -716,14 +818,18 @@ function applyMessage(room, m, { fromAck = false } = {}) {
   const isNew = !rec;
   if (rec && rec.seq != null) return null; // same message under another seq: cannot happen
   if (!rec) {
-    rec = { key, id: m.id, user: m.user, own: m.user === state.name, el: h('li') };
+    rec = { key, id: m.id, room: room.name, user: m.user, own: m.user === state.name, el: h('li'), mine: new Set() };
     room.byKey.set(key, rec);
   }
   if (state.outbox.get(m.id) === rec) state.outbox.delete(m.id);
-  Object.assign(rec, { seq: m.seq, ts: m.ts, data: m.data, state: 'sent', failReason: null });
+  Object.assign(rec, {
+    seq: m.seq, ts: m.ts, data: m.data, state: 'sent', failReason: null,
+    editedAt: m.editedAt ?? null, reactions: m.reactions ?? {},
+  });
   room.bySeq.set(m.seq, rec);
   paintMessage(rec);
   withScroll(room, 'follow', () => placeMessage(room, rec));
+  scheduleReadMarks(room);
   if (room === state.shown && room.seqs.length === 1) {
     renderEmpty(room);
     renderOlder(room);
@@ -763,18 +869,283 @@ function paintMessage(rec) {
     delete li.dataset.seq;
     li.removeAttribute('title');
   }
+  const sent = rec.state === 'sent' && rec.seq != null;
   const meta = h('div', { class: 'meta' },
     h('span', { class: 'sender' }, rec.user),
     rec.own ? h('span', { class: 'visually-hidden' }, ' (you)') : null,
     rec.ts != null && rec.state === 'sent' ? timeElement(rec.ts) : null,
+    rec.editedAt ? h('span', { class: 'edited', title: `Edited ${fullFormat.format(new Date(rec.editedAt))}` }, '(edited)') : null,
     rec.state === 'pending' ? h('span', { class: 'state' }, 'Sending…') : null,
     rec.state === 'failed' ? h('span', { class: 'state' }, `Not sent: ${rec.failReason}`) : null);
-  const body = h('div', { class: 'body' });
-  linkify(body, rec.data);
-  li.replaceChildren(meta, body);
+  const parts = [meta];
+  if (rec.editing) {
+    parts.push(editForm(rec));
+  } else {
+    const body = h('div', { class: 'body' });
+    linkify(body, rec.data);
+    parts.push(body);
+  }
   if (rec.state === 'failed') {
-    li.append(h('div', { class: 'actions' },
+    parts.push(h('div', { class: 'actions' },
       h('button', { type: 'button', class: 'small retry', onclick: () => retry(rec) }, 'Retry')));
+  }
+  if (sent) {
+    // Shown on hover or focus (always at touch widths): quick reactions, and Edit/Delete on one's own.
+    parts.push(h('div', { class: 'toolbar', role: 'group', 'aria-label': 'Message actions' },
+      ...QUICK_EMOJIS.map((emoji) => reactionButton(rec, emoji, 'quick')),
+      rec.own && !rec.editing ? h('button', { type: 'button', class: 'tool edit', onclick: () => startEdit(rec) }, 'Edit') : null,
+      rec.own ? h('button', { type: 'button', class: 'tool delete', onclick: () => deleteMessage(rec) }, 'Delete') : null));
+    rec.reactionsEl = h('div', { class: 'reactions' });
+    parts.push(rec.reactionsEl);
+    paintReactions(rec);
+  }
+  if (rec.mark) parts.push(rec.mark);
+  li.replaceChildren(...parts);
+}
+
+/** A button that sets or takes back this user's `emoji` on a message. */
+function reactionButton(rec, emoji, kind) {
+  const count = rec.reactions?.[emoji] ?? 0;
+  const mine = rec.mine.has(emoji);
+  return h('button', {
+    type: 'button', class: `reaction ${kind}`, 'data-emoji': emoji, 'aria-pressed': String(mine),
+    'aria-label': kind === 'count' ? `${emoji} ${count}` : `React with ${emoji}`,
+    title: mine ? `Take back your ${emoji}` : `React with ${emoji}`,
+    onclick: () => sendOp({ action: 'react', room: rec.room, seq: rec.seq, emoji, on: !rec.mine.has(emoji) }),
+  }, emoji, kind === 'count' ? h('span', { class: 'reaction-count' }, String(count)) : null);
+}
+
+/** Redraws a message's reaction counts, and which quick reactions are this user's. */
+function paintReactions(rec) {
+  if (!rec.reactionsEl) return;
+  const focused = rec.el.contains(document.activeElement) ? document.activeElement : null;
+  const counts = Object.entries(rec.reactions ?? {}).filter(([, count]) => count > 0);
+  rec.reactionsEl.replaceChildren(...counts.map(([emoji]) => reactionButton(rec, emoji, 'count')));
+  rec.reactionsEl.hidden = counts.length === 0;
+  for (const button of rec.el.querySelectorAll('.toolbar .reaction')) {
+    button.setAttribute('aria-pressed', String(rec.mine.has(button.dataset.emoji)));
+  }
+  // A count pressed with the keyboard was replaced: keep the focus on its new button.
+  if (focused?.classList.contains('count') && !focused.isConnected) {
+    [...rec.reactionsEl.children].find((b) => b.dataset.emoji === focused.dataset.emoji)?.focus();
+  }
+}
+
+function editForm(rec) {
+  const input = h('textarea', { class: 'edit-input', rows: 2, 'aria-label': 'Edit your message' });
+  input.value = rec.draft;
+  input.addEventListener('input', () => {
+    rec.draft = input.value;
+  });
+  input.addEventListener('keydown', (event) => {
+    if (event.key === 'Enter' && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      finishEdit(rec, true);
+    } else if (event.key === 'Escape') {
+      event.preventDefault();
+      finishEdit(rec, false);
+    }
+  });
+  return h('form', { class: 'edit-form', onsubmit: (event) => { event.preventDefault(); finishEdit(rec, true); } },
+    input,
+    h('div', { class: 'edit-actions' },
+      h('button', { type: 'submit', class: 'small primary' }, 'Save'),
+      h('button', { type: 'button', class: 'small', onclick: () => finishEdit(rec, false) }, 'Cancel'),
+      h('span', { class: 'hint' }, 'Enter to save, Esc to cancel')));
+}
+
+function startEdit(rec) {
+  rec.editing = true;
+  rec.draft = rec.data;
+  const room = state.rooms.get(rec.room);
+  withScroll(room, 'follow', () => paintMessage(rec));
+  const input = rec.el.querySelector('.edit-input');
+  input.focus();
+  input.setSelectionRange(input.value.length, input.value.length);
+}
+
+/** Closes a message's editor; with `save`, sends the new text (the `edited` frame shows it). */
+function finishEdit(rec, save) {
+  if (save && rec.draft !== rec.data) {
+    if (!rec.draft.trim()) {
+      showError('A message cannot be empty: use Delete to remove it.');
+      return;
+    }
+    if (!sendOp({ action: 'edit', room: rec.room, seq: rec.seq, data: rec.draft })) return;
+  }
+  rec.editing = false;
+  withScroll(state.rooms.get(rec.room), 'follow', () => paintMessage(rec));
+  ui.composer.focus();
+}
+
+function deleteMessage(rec) {
+  if (confirm('Delete this message for everyone?')) sendOp({ action: 'delete', room: rec.room, seq: rec.seq });
+}
+
+/** Takes a deleted message off the page; its record stays, so that it never comes back. */
+function removeMessage(room, rec) {
+  const hadFocus = rec.el.contains(document.activeElement);
+  rec.deleted = true;
+  rec.editing = false;
+  const index = room.seqs.indexOf(rec.seq);
+  if (index >= 0) room.seqs.splice(index, 1);
+  withScroll(room, 'follow', () => rec.el.remove());
+  room.marked.delete(rec);
+  rec.mark = null;
+  scheduleReadMarks(room);
+  if (room === state.shown) renderEmpty(room);
+  if (hadFocus) ui.composer.focus();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Edits, deletions and reactions (the server acks them like messages)
+
+/** Sends an edit, delete or react frame with a new id; false (and an error shown) if it cannot go now. */
+function sendOp(frame) {
+  const room = state.rooms.get(frame.room);
+  if (!room || room.joinedGen !== state.gen || !state.ready) {
+    showError('Not connected: try again once the page is connected.');
+    return false;
+  }
+  const op = { frame: { ...frame, id: newId() }, tries: 0, sentGen: -1 };
+  if (byteLength(JSON.stringify(op.frame)) > state.limits.maxFrameBytes) {
+    showError('That text is too large to send. Shorten it.');
+    return false;
+  }
+  state.ops.set(op.frame.id, op);
+  sendOpFrame(op);
+  return true;
+}
+
+function sendOpFrame(op) {
+  const room = state.rooms.get(op.frame.room);
+  if (room && room.joinedGen === state.gen && sendFrame(op.frame)) op.sentGen = state.gen;
+}
+
+/** After a (re)join: resends what was not acked, with the same ids (the server deduplicates). */
+function flushOps(room) {
+  for (const op of state.ops.values()) {
+    if (op.frame.room === room.name && op.sentGen !== state.gen) sendOpFrame(op);
+  }
+}
+
+function opFailed(op, frame) {
+  const retryable = frame.code === 'rate_limited' || frame.code === 'unavailable' || frame.code === 'not_joined';
+  const room = state.rooms.get(op.frame.room);
+  if (retryable && op.tries < UNAVAILABLE_RETRIES && room) {
+    op.tries += 1;
+    op.sentGen = -1; // again after the delay, or after the next join
+    const gen = state.gen;
+    if (frame.code === 'not_joined') sendJoin(room);
+    else setTimeout(() => gen === state.gen && state.ready && sendOpFrame(op), frame.retryAfterMs ?? 1000);
+    if (frame.code !== 'rate_limited') return;
+  } else {
+    state.ops.delete(op.frame.id);
+  }
+  const what = { edit: 'edit', delete: 'delete', react: 'react to' }[op.frame.action];
+  if (frame.code === 'forbidden') showError(`You can only ${what} your own messages.`);
+  else if (frame.code === 'not_found') showError('That message is no longer there.');
+  else showError(errorText(frame, op.frame.room));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Read marks and typing
+
+/** A message, event or read position moved the room on: note it for resuming and reading. */
+function noteEntry(room, seq) {
+  if (typeof seq === 'number') room.last = Math.max(room.last ?? 0, seq);
+  scheduleRead();
+}
+
+let readTimer = null;
+/** Soon (once for a burst), tells the server the shown room is read through its newest seq. */
+function scheduleRead() {
+  if (readTimer) return;
+  readTimer = setTimeout(() => {
+    readTimer = null;
+    const room = state.shown;
+    if (!room || state.readsOff || document.visibilityState !== 'visible' || !isNearBottom()) return;
+    if (room.joinedGen !== state.gen || !room.historyDone || room.last == null) return;
+    if (room.last <= Math.max(room.myRead, room.readSent)) return;
+    if (sendFrame({ action: 'read', room: room.name, seq: room.last })) room.readSent = room.last;
+  }, READ_DELAY_MS);
+}
+
+function setRead(room, user, seq) {
+  if (seq <= (room.reads.get(user) ?? 0)) return;
+  room.reads.set(user, seq);
+  scheduleReadMarks(room);
+}
+
+function scheduleReadMarks(room) {
+  if (room.marksQueued) return;
+  room.marksQueued = true;
+  queueMicrotask(() => {
+    room.marksQueued = false;
+    renderReadMarks(room);
+  });
+}
+
+/** "Read by bob, carol" under the newest shown message each other person has read. */
+function renderReadMarks(room) {
+  const readers = new Map(); // record -> user names
+  for (const [user, seq] of room.reads) {
+    const rec = newestMessageUpTo(room, seq);
+    if (rec) readers.set(rec, [...(readers.get(rec) ?? []), user]);
+  }
+  withScroll(room, 'follow', () => {
+    for (const rec of room.marked) {
+      if (readers.has(rec)) continue;
+      rec.mark?.remove();
+      rec.mark = null;
+    }
+    for (const [rec, users] of readers) {
+      if (!rec.mark) {
+        rec.mark = h('div', { class: 'read-by' });
+        rec.el.append(rec.mark);
+      }
+      rec.mark.textContent = `Read by ${users.sort().join(', ')}`;
+    }
+  });
+  room.marked = new Set(readers.keys());
+}
+
+/** The shown message with the highest seq not above `seq`, if any. */
+function newestMessageUpTo(room, seq) {
+  const seqs = room.seqs;
+  let lo = 0;
+  let hi = seqs.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    if (seqs[mid] <= seq) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo > 0 ? room.bySeq.get(seqs[lo - 1]) : null;
+}
+
+/** On input in the composer: tells the room, at most every 2 s. */
+function sendTyping() {
+  const room = state.shown;
+  if (!room || !ui.composer.value.trim() || room.joinedGen !== state.gen) return;
+  const now = Date.now();
+  if (now - room.typingSentAt < TYPING_SEND_MS) return;
+  if (sendFrame({ action: 'typing', room: room.name })) room.typingSentAt = now;
+}
+
+function stopTyping(room, user) {
+  if (!room.typing.has(user)) return;
+  clearTimeout(room.typing.get(user));
+  room.typing.delete(user);
+  if (room === state.shown) renderTyping();
+}
+
+function renderTyping() {
+  const users = state.shown ? [...state.shown.typing.keys()] : [];
+  const text = users.length === 1 ? `${users[0]} is typing…`
+    : users.length === 2 ? `${users[0]} and ${users[1]} are typing…`
+      : `${users.length} people are typing…`;
+  if (ui.typing.textContent !== (users.length ? text : '')) {
+    ui.typing.replaceChildren(...(users.length ? [h('span', {}, text)] : []));
   }
 }
 
@@ -841,7 +1212,7 @@ function sendMessage(text) {
   const rec = {
     key: keyOf(state.name, id), id, user: state.name, own: true, data: text, seq: null, ts: null,
     state: 'pending', room: room.name, sentGen: -1, sentAt: 0, createdAt: Date.now(), tries: 0,
-    el: h('li'),
+    el: h('li'), mine: new Set(), reactions: {},
   };
   room.byKey.set(rec.key, rec);
   state.outbox.set(id, rec);
@@ -1107,9 +1478,13 @@ function fitComposer() {
   ui.composer.style.height = `${Math.min(ui.composer.scrollHeight + 2, 200)}px`;
 }
 ui.composer.addEventListener('input', fitComposer);
+ui.composer.addEventListener('input', sendTyping);
 
 ui.messages.addEventListener('scroll', () => {
-  if (isNearBottom()) ui.jump.hidden = true;
+  if (isNearBottom()) {
+    ui.jump.hidden = true;
+    scheduleRead();
+  }
   if (ui.messages.scrollTop < 120) loadOlder();
 }, { passive: true });
 
@@ -1145,6 +1520,7 @@ document.addEventListener('keydown', (event) => {
   }
 });
 
+document.addEventListener('visibilitychange', scheduleRead);
 window.addEventListener('online', () => {
   if (!state.ws && !state.stopped) reconnectNow();
 });
