@@ -120,6 +120,10 @@ fn summary(data_dir: &str, r: &RekeyReport) -> String {
     let mut out = format!("rekey {data_dir}: new key id {}\n", r.newest);
     out += &counts("messages", &r.messages);
     out += &counts("dead letters", &r.dead_letters);
+    // Only stores with webhooks on have any; the line would be noise everywhere else.
+    if !r.webhook_events.is_empty() {
+        out += &counts("webhook events", &r.webhook_events);
+    }
     const SHOWN: usize = 20;
     for e in r.unreadable.iter().take(SHOWN) {
         out += &format!("  left as it is: {e}\n");

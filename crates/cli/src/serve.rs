@@ -76,7 +76,7 @@ pub struct HookArgs {
     /// Ask the join hook before every $connect too (event `connect`).
     #[arg(long, env = "DYNAMOWAVE_JOIN_HOOK_ON_CONNECT", help_heading = "Hooks")]
     pub join_hook_on_connect: Option<bool>,
-    /// Signs hook requests: X-DynamoWave-Signature: sha256=<hex HMAC-SHA256 of the body>.
+    /// Signs hook requests and webhook batches: X-DynamoWave-Signature: sha256=<hex HMAC-SHA256>.
     #[arg(
         long,
         env = "DYNAMOWAVE_WEBHOOK_SECRET",
@@ -84,6 +84,18 @@ pub struct HookArgs {
         help_heading = "Hooks"
     )]
     pub webhook_secret: Option<String>,
+    /// http:// URL the chat's events are POSTed to, in batches, at least once, in order.
+    #[arg(long, env = "DYNAMOWAVE_WEBHOOK_URL", help_heading = "Hooks")]
+    pub webhook_url: Option<String>,
+    /// Milliseconds one webhook POST may take [default: 5000].
+    #[arg(long, env = "DYNAMOWAVE_WEBHOOK_TIMEOUT_MS", help_heading = "Hooks")]
+    pub webhook_timeout_ms: Option<u64>,
+    /// Events per webhook POST [default: 100].
+    #[arg(long, env = "DYNAMOWAVE_WEBHOOK_BATCH_MAX", help_heading = "Hooks")]
+    pub webhook_batch_max: Option<usize>,
+    /// Attempts of a batch before it goes to the dead-letter queue [default: 10].
+    #[arg(long, env = "DYNAMOWAVE_WEBHOOK_MAX_ATTEMPTS", help_heading = "Hooks")]
+    pub webhook_max_attempts: Option<u32>,
 }
 
 /// One node of a cluster on NATS JetStream instead of the embedded store (TOML table
@@ -370,8 +382,13 @@ impl ServeArgs {
             cluster_node_ttl_s => node_ttl_s,
             cluster_prefix => prefix
         );
-        set_opt_in!(hooks, hooks: join_hook_url => join_hook_url, webhook_secret => webhook_secret);
+        set_opt_in!(hooks, hooks:
+            join_hook_url => join_hook_url, webhook_secret => webhook_secret, webhook_url => webhook_url
+        );
         set_in!(hooks, hooks:
+            webhook_timeout_ms => webhook_timeout_ms,
+            webhook_batch_max => webhook_batch_max,
+            webhook_max_attempts => webhook_max_attempts,
             join_hook_timeout_ms => join_hook_timeout_ms,
             join_hook_on_timeout => join_hook_on_timeout,
             join_hook_on_connect => join_hook_on_connect
@@ -448,7 +465,8 @@ fn backend(config: &ServerConfig) -> (Box<dyn Backend>, String) {
         }
         None => {
             let e = &config.encryption;
-            let sqlite = SqliteBackend::new(&config.data_dir, e.key_files.clone(), e.keys.clone());
+            let sqlite = SqliteBackend::new(&config.data_dir, e.key_files.clone(), e.keys.clone())
+                .with_webhooks(config.hooks.webhook_url.is_some());
             (
                 Box::new(sqlite),
                 format!("data in {}", config.data_dir.display()),

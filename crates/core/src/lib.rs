@@ -18,6 +18,8 @@
 //!   backoff and full jitter, within a bound.
 //! - [`memory`]: in-memory adapters, for unit tests and as the reference the conformance suite is
 //!   written against.
+//! - [`webhook`]: the events for the product's backend (`--webhook-url`), as JSON, the same
+//!   in every store.
 //! - `conformance` (feature `conformance`): the suite every store adapter must pass.
 
 pub mod error;
@@ -27,6 +29,7 @@ pub mod ports;
 pub mod protocol;
 pub mod retry;
 pub mod types;
+pub mod webhook;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;

@@ -363,6 +363,34 @@ pub trait JoinGate: Send + Sync + 'static {
     fn checks_connect(&self) -> bool;
 }
 
+/// An event for the product's backend, queued in a [`WebhookOutbox`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutboxEntry {
+    /// Increasing in commit order.
+    pub id: u64,
+    /// One JSON object, as `crate::webhook` writes it.
+    pub body: String,
+}
+
+/// The durable queue of events for the product's backend (`--webhook-url`).
+///
+/// Contract: a store that has one writes the event of every committed entry (message, edit,
+/// deletion, reaction) and of every stored connection, disconnection, join of a room the
+/// connection was not in and leave of one it was in, **in the same commit** as what it
+/// reports, so an event is queued if and only if what it says happened; ids increase in
+/// commit order. Entries stay until `remove_through` (delivered, or dead-lettered).
+#[async_trait]
+pub trait WebhookOutbox: Send + Sync + 'static {
+    /// The oldest entries, at most `limit`, oldest first.
+    async fn pending(&self, limit: usize) -> Result<Vec<OutboxEntry>, StoreError>;
+
+    /// Removes every entry with an id up to `id`; returns how many.
+    async fn remove_through(&self, id: u64) -> Result<u64, StoreError>;
+
+    /// How many entries wait.
+    async fn depth(&self) -> Result<u64, StoreError>;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Dead letters
 
@@ -372,17 +400,25 @@ pub trait JoinGate: Send + Sync + 'static {
 pub enum DeadLetterKind {
     /// A `POST /@connections/{id}` payload.
     PostToConnection,
+    /// A batch of webhook events (`{"events":[...]}`) the product's backend kept refusing; its
+    /// target is the webhook URL.
+    Webhook,
 }
 
 impl DeadLetterKind {
     pub fn as_str(self) -> &'static str {
         match self {
             DeadLetterKind::PostToConnection => "post_to_connection",
+            DeadLetterKind::Webhook => "webhook",
         }
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        (s == "post_to_connection").then_some(DeadLetterKind::PostToConnection)
+        match s {
+            "post_to_connection" => Some(DeadLetterKind::PostToConnection),
+            "webhook" => Some(DeadLetterKind::Webhook),
+            _ => None,
+        }
     }
 }
 
@@ -565,6 +601,8 @@ pub struct Stores {
     pub lifecycle: Arc<dyn StoreLifecycle>,
     /// Connections on other nodes; `None` for a single node.
     pub peers: Option<Arc<dyn PeerConnections>>,
+    /// The events for the product's backend, when the store was opened to keep them.
+    pub outbox: Option<Arc<dyn WebhookOutbox>>,
 }
 
 /// Why a store could not be opened; the message says what to fix.

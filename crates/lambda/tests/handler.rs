@@ -278,7 +278,10 @@ async fn v1_clients_join_send_with_acks_and_resume() {
     );
     assert_eq!(got[0]["user"], "cat");
     assert_eq!(got[0]["limits"]["maxFrameBytes"], 32768);
-    assert_eq!(got[1], json!({"type":"joined","room":"lobby","seq":0,"lastRead":0}));
+    assert_eq!(
+        got[1],
+        json!({"type":"joined","room":"lobby","seq":0,"lastRead":0})
+    );
     s.frame(d, r#"{"action":"join","room":"lobby"}"#).await;
     let got = s.connections.json(d);
     assert_eq!(

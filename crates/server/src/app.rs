@@ -153,6 +153,15 @@ impl Server {
             local: hub.clone(),
         };
         let stores = backend.open(fanout).await.map_err(ServerError::Open)?;
+        if config.hooks.webhook_url.is_some() && stores.outbox.is_none() {
+            return Err(ServerError::Open(
+                format!(
+                    "webhook-url is set but the {} store was not opened with an outbox for the events",
+                    stores.kind
+                )
+                .into(),
+            ));
+        }
         let purged = stores.connections.purge_stale().await?;
         if purged > 0 {
             tracing::info!(purged, "removed connections left by a previous process");
@@ -187,6 +196,7 @@ impl Server {
         } = self;
         crate::telemetry::prometheus();
         let (stop, shutting_down) = watch::channel(false);
+        let webhook = crate::webhooks::WebhookClient::from_config(&config.hooks).map(Arc::new);
         let state = AppState {
             services: Services {
                 log: Arc::new(RetryingLog::new(stores.log.clone(), RetryPolicy::default())),
@@ -199,10 +209,10 @@ impl Server {
             },
             hub: hub.clone(),
             peers: stores.peers.clone(),
-            dead_letters: Arc::new(DeadLetterQueue::new(
-                stores.dead_letters.clone(),
-                hub.clone(),
-            )),
+            dead_letters: Arc::new(
+                DeadLetterQueue::new(stores.dead_letters.clone(), hub.clone())
+                    .with_webhook(webhook.clone()),
+            ),
             readiness: Arc::new(crate::health::Readiness::new(stores.lifecycle.clone())),
             limiter: Arc::new(crate::limits::Limiter::new(&config.limits)),
             config: Arc::new(config),
@@ -210,6 +220,22 @@ impl Server {
             guard,
         };
         let grace = state.config.shutdown_grace();
+        if let (Some(client), Some(outbox)) = (webhook, stores.outbox.clone()) {
+            let hooks = &state.config.hooks;
+            let dispatcher = crate::webhooks::Dispatcher {
+                outbox,
+                client,
+                dead_letters: state.dead_letters.clone(),
+                batch_max: hooks.webhook_batch_max,
+                max_attempts: hooks.webhook_max_attempts,
+                backoff: RetryPolicy {
+                    attempts: hooks.webhook_max_attempts,
+                    base: std::time::Duration::from_millis(200),
+                    cap: std::time::Duration::from_secs(30),
+                },
+            };
+            tokio::spawn(dispatcher.run(state.shutting_down.clone()));
+        }
         let app = router(state.clone());
         drop(state);
 

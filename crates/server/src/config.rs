@@ -62,8 +62,16 @@ pub struct HooksConfig {
     pub join_hook_on_timeout: HookFallback,
     /// Checks `$connect` too (the event `connect`, without a room).
     pub join_hook_on_connect: bool,
-    /// Signs hook requests: `X-DynamoWave-Signature: sha256=<hex HMAC-SHA256 of the body>`.
+    /// Signs hook requests and webhook batches: `X-DynamoWave-Signature: sha256=<hex>`.
     pub webhook_secret: Option<String>,
+    /// `http://` URL the events (`connect`, `message`, ...) are POSTed to, in batches.
+    pub webhook_url: Option<String>,
+    /// How long one webhook POST may take.
+    pub webhook_timeout_ms: u64,
+    /// Events per POST.
+    pub webhook_batch_max: usize,
+    /// Attempts of one batch before it goes to the dead-letter queue.
+    pub webhook_max_attempts: u32,
 }
 
 impl Default for HooksConfig {
@@ -74,6 +82,10 @@ impl Default for HooksConfig {
             join_hook_on_timeout: HookFallback::Deny,
             join_hook_on_connect: false,
             webhook_secret: None,
+            webhook_url: None,
+            webhook_timeout_ms: 5000,
+            webhook_batch_max: 100,
+            webhook_max_attempts: 10,
         }
     }
 }
@@ -383,6 +395,26 @@ impl ServerConfig {
         {
             return bad(
                 "join-hook-url must be an http:// URL (put the backend next to the server, or a TLS-terminating proxy in front of it)",
+            );
+        }
+        if let Some(url) = &self.hooks.webhook_url
+            && !url.starts_with("http://")
+        {
+            return bad(
+                "webhook-url must be an http:// URL (put the backend next to the server, or a TLS-terminating proxy in front of it)",
+            );
+        }
+        if self.hooks.webhook_url.is_some() && self.cluster.url.is_some() {
+            return bad(
+                "webhook-url is not supported with --cluster yet: the cluster store has no outbox to queue events in its commits (run webhooks on a single node)",
+            );
+        }
+        if self.hooks.webhook_timeout_ms == 0
+            || self.hooks.webhook_batch_max == 0
+            || self.hooks.webhook_max_attempts == 0
+        {
+            return bad(
+                "webhook-timeout-ms, webhook-batch-max and webhook-max-attempts must be at least 1",
             );
         }
         if self.hooks.join_hook_timeout_ms == 0 {

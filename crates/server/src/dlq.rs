@@ -9,6 +9,9 @@
 //! - the post was accepted (200) but the connection ended before the frame was written and
 //!   flushed (slow-consumer close, write timeout, the client went away, shutdown).
 //!
+//! A third kind: a batch of webhook events the product's backend kept refusing
+//! (`crate::webhooks`); its replay POSTs it to the configured `--webhook-url` again.
+//!
 //! Replay re-posts the payload to the original connection or to one the operator names. It is
 //! idempotent: an entry is claimed (marked replayed) in the store before the delivery is tried,
 //! so a second replay of the same id delivers nothing and says when it was replayed; a failed
@@ -17,7 +20,9 @@
 use std::sync::Arc;
 
 use dynamowave_core::ConnectionId;
-use dynamowave_core::ports::{Claim, DeadLetter, DeadLetters, NewDeadLetter, Purge, StoreError};
+use dynamowave_core::ports::{
+    Claim, DeadLetter, DeadLetterKind, DeadLetters, NewDeadLetter, Purge, StoreError,
+};
 use dynamowave_core::retry::RetryPolicy;
 
 use crate::hub::{Hub, SendError};
@@ -42,6 +47,16 @@ pub enum ReplayError {
         "connection {0} is not reading (its outbound queue is full); the dead letter stays pending"
     )]
     Full(String),
+    #[error(
+        "dead letter {0} is a webhook batch: it is replayed to the webhook URL, not to a connection"
+    )]
+    NotForAConnection(u64),
+    #[error(
+        "dead letter {0} is a webhook batch and this server has no --webhook-url to send it to"
+    )]
+    NoWebhook(u64),
+    #[error("the webhook backend did not take dead letter {0} ({1}); it stays pending")]
+    Webhook(u64, String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -51,6 +66,8 @@ pub struct DeadLetterQueue {
     store: Arc<dyn DeadLetters>,
     hub: Arc<Hub>,
     retry: RetryPolicy,
+    /// Where webhook batches are replayed to (`--webhook-url`).
+    webhook: Option<Arc<crate::webhooks::WebhookClient>>,
 }
 
 impl DeadLetterQueue {
@@ -59,7 +76,14 @@ impl DeadLetterQueue {
             store,
             hub,
             retry: RetryPolicy::default(),
+            webhook: None,
         }
+    }
+
+    /// Replays webhook batches with `client`.
+    pub fn with_webhook(mut self, client: Option<Arc<crate::webhooks::WebhookClient>>) -> Self {
+        self.webhook = client;
+        self
     }
 
     /// Records an entry (with the store's retries). When even that fails the payload is lost;
@@ -71,7 +95,7 @@ impl DeadLetterQueue {
         let (target, reason, bytes) = (&entry.target, &entry.reason, entry.payload.len());
         match &result {
             Ok(id) => {
-                tracing::warn!(id, %target, %reason, bytes, "dead-lettered a post to a connection")
+                tracing::warn!(id, kind = entry.kind.as_str(), %target, %reason, bytes, "dead-lettered")
             }
             Err(e) => {
                 tracing::error!(error = %e, %target, %reason, bytes, "could not record a dead letter; the payload is lost")
@@ -108,12 +132,18 @@ impl DeadLetterQueue {
 
     /// Re-posts entry `id` to `to` (its original connection when `None`). See the module docs.
     pub async fn replay(&self, id: u64, to: Option<ConnectionId>) -> Result<Replayed, ReplayError> {
+        let Some(stored) = self.store.get(id).await? else {
+            return Err(ReplayError::NotFound(id));
+        };
+        if stored.kind == DeadLetterKind::Webhook {
+            if to.is_some() {
+                return Err(ReplayError::NotForAConnection(id));
+            }
+            return self.replay_webhook(id).await;
+        }
         let target = match &to {
             Some(c) => c.as_str().to_owned(),
-            None => match self.store.get(id).await? {
-                Some(e) => e.target,
-                None => return Err(ReplayError::NotFound(id)),
-            },
+            None => stored.target,
         };
         let entry = match self.store.claim(id, target.clone()).await? {
             Claim::Claimed(entry) => entry,
@@ -134,5 +164,27 @@ impl DeadLetterQueue {
         };
         self.store.release(id, failure.to_string()).await?;
         Err(failure)
+    }
+
+    /// A webhook batch, POSTed to the configured URL once more (claimed first, as a post).
+    async fn replay_webhook(&self, id: u64) -> Result<Replayed, ReplayError> {
+        let Some(client) = &self.webhook else {
+            return Err(ReplayError::NoWebhook(id));
+        };
+        let entry = match self.store.claim(id, client.url().to_owned()).await? {
+            Claim::Claimed(entry) => entry,
+            Claim::AlreadyReplayed { at, to } => return Ok(Replayed::Already { at, to }),
+            Claim::NotFound => return Err(ReplayError::NotFound(id)),
+        };
+        match client.post(&entry.payload).await {
+            Ok(()) => Ok(Replayed::Delivered {
+                to: client.url().to_owned(),
+            }),
+            Err(reason) => {
+                let failure = ReplayError::Webhook(id, reason);
+                self.store.release(id, failure.to_string()).await?;
+                Err(failure)
+            }
+        }
     }
 }

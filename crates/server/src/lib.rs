@@ -32,6 +32,8 @@
 //!   descriptions of every metric (the store records its own).
 //! - [`hooks`]: the join hook (`--join-hook-url`): the product's backend allows or refuses a
 //!   `join` (and `$connect`) over HTTP.
+//! - [`webhooks`]: the events for the product's backend (`--webhook-url`): the dispatcher that
+//!   POSTs the store's outbox in signed batches, with retries and dead letters.
 //! - [`health`]: `GET /healthz` (the process is up) and `GET /readyz` (not shutting down, the
 //!   store writable: its `StoreLifecycle::probe`).
 //! - [`web`]: the browser chat page at `/`, embedded in the binary (`web/`).
@@ -52,6 +54,7 @@ pub mod telemetry;
 pub mod tls;
 pub mod upgrade;
 pub mod web;
+pub mod webhooks;
 pub mod wire;
 
 pub use app::{AppState, Server, ServerError, router, run};

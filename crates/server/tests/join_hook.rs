@@ -74,6 +74,7 @@ async fn server(url: &str, on_timeout: HookFallback, on_connect: bool) -> TestSe
             join_hook_on_timeout: on_timeout,
             join_hook_on_connect: on_connect,
             webhook_secret: Some(SECRET.into()),
+            ..HooksConfig::default()
         },
         ..ServerConfig::unthrottled()
     })

@@ -359,6 +359,8 @@ impl Backend for NatsBackend {
             dead_letters: Arc::new(KvDeadLetters::new(dead_letters)),
             lifecycle,
             peers: Some(Arc::new(peers::Peers::new(client, names, presence))),
+            // Webhooks need an outbox written in the commit; this shape has none yet.
+            outbox: None,
         })
     }
 }

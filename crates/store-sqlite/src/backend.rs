@@ -1,15 +1,17 @@
 //! The embedded deployment shape as the server opens it: one [`SqliteStore`] in the data
-//! directory is the message log, the connections table, the dead-letter table and the store's
-//! lifecycle; the node's own fan-out (the hub) is the room membership; there are no peers.
+//! directory is the message log, the connections table, the dead-letter table, the webhook
+//! outbox (when webhooks are on) and the store's lifecycle; the node's own fan-out (the hub) is the room membership; there are no peers.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use dynamowave_core::ports::{Backend, CommitListener, Fanout, OpenError, StoreError, Stores};
+use dynamowave_core::ports::{
+    Backend, CommitListener, Fanout, OpenError, StoreError, Stores, WebhookOutbox,
+};
 
 use crate::cipher::{self, KeyError};
-use crate::sqlite::{self, SqliteStore};
+use crate::sqlite::{self, SqliteStore, StoreOptions};
 
 /// The SQLite [`Backend`]: where the store lives and the keys of `[encryption]`.
 #[derive(Clone, Debug)]
@@ -17,6 +19,7 @@ pub struct SqliteBackend {
     data_dir: PathBuf,
     key_files: Vec<PathBuf>,
     keys: Vec<String>,
+    webhooks: bool,
 }
 
 impl SqliteBackend {
@@ -28,7 +31,16 @@ impl SqliteBackend {
             data_dir: data_dir.into(),
             key_files,
             keys,
+            webhooks: false,
         }
+    }
+
+    /// With `on`, the store writes the event of every commit to its webhook outbox and
+    /// [`Backend::open`] returns it as [`Stores::outbox`]; off (the default), nothing is
+    /// written there.
+    pub fn with_webhooks(mut self, on: bool) -> Self {
+        self.webhooks = on;
+        self
     }
 
     /// What [`Backend::open`] does, with the store itself as the result: reads the keys (a key
@@ -40,7 +52,11 @@ impl SqliteBackend {
         listener: Arc<dyn CommitListener>,
     ) -> Result<Arc<SqliteStore>, StartError> {
         let keys = cipher::keyring_at_start(&self.key_files, &self.keys)?;
-        let store = Arc::new(SqliteStore::open_with_keys(&self.data_dir, listener, keys)?);
+        let options = StoreOptions {
+            keys,
+            webhooks: self.webhooks,
+        };
+        let store = Arc::new(SqliteStore::open_with(&self.data_dir, listener, options)?);
         // Rows under a key that is not configured could not be read: refuse to start.
         cipher::refuse_unknown_keys(&store, &self.data_dir).await?;
         Ok(store)
@@ -51,6 +67,9 @@ impl SqliteBackend {
 impl Backend for SqliteBackend {
     async fn open(self: Box<Self>, fanout: Fanout) -> Result<Stores, OpenError> {
         let store = self.open_store(fanout.listener).await?;
+        let outbox = store
+            .webhooks()
+            .then(|| store.clone() as Arc<dyn WebhookOutbox>);
         Ok(Stores {
             kind: "sqlite",
             log: store.clone(),
@@ -59,6 +78,7 @@ impl Backend for SqliteBackend {
             dead_letters: store.clone(),
             lifecycle: store,
             peers: None,
+            outbox,
         })
     }
 }

@@ -1,5 +1,6 @@
-//! Encryption at rest of message bodies (`messages.data`) and dead-letter payloads
-//! (`dead_letters.payload`): AES-256-GCM (ring) under the keys of `[encryption]`.
+//! Encryption at rest of message bodies (`messages.data`), dead-letter payloads
+//! (`dead_letters.payload`) and queued webhook events (`webhook_outbox.body`, which quote message
+//! text): AES-256-GCM (ring) under the keys of `[encryption]`.
 //!
 //! - **Keys** are 32 random bytes, given in base64 (`head -c 32 /dev/urandom | base64`), from
 //!   files (`--encryption-key-file`, repeatable; `encryption.key-files`) and then inline
@@ -12,7 +13,8 @@
 //!   holds the text of a plaintext row (as a BLOB). The nonce is random per row
 //!   ([`SystemRandom`]); a key should encrypt well under 2^32 rows (rotate before).
 //! - **AAD** binds a ciphertext to its row: a message to its room, seq, user and id; a dead
-//!   letter to its id, kind, target and creation time (see [`Row`]). A ciphertext copied or moved
+//!   letter to its id, kind, target and creation time; a webhook event to its id and creation
+//!   time (see [`Row`]). A ciphertext copied or moved
 //!   to another row, or a row whose identity was edited, fails to authenticate.
 //!
 //! Decryption failures never yield garbage: the caller gets a [`CipherError`] that names the
@@ -234,10 +236,17 @@ pub async fn refuse_unknown_keys(store: &SqliteStore, data_dir: &Path) -> Result
             key_id = %u.key_id,
             messages = u.messages,
             dead_letters = u.dead_letters,
+            webhook_events = u.webhook_events,
             "the store holds rows encrypted under a key that is not configured"
         );
+        // Webhook events only when there are any: the usual message stays as it was.
+        let events = if u.webhook_events > 0 {
+            format!(", {} webhook events", u.webhook_events)
+        } else {
+            String::new()
+        };
         listed.push(format!(
-            "key id {} ({} messages, {} dead letters)",
+            "key id {} ({} messages, {} dead letters{events})",
             u.key_id, u.messages, u.dead_letters
         ));
     }
@@ -325,6 +334,8 @@ pub enum Row<'a> {
         target: &'a str,
         created_at: u64,
     },
+    /// A row of `webhook_outbox`.
+    Outbox { id: u64, created_at: u64 },
 }
 
 impl fmt::Display for Row<'_> {
@@ -332,6 +343,7 @@ impl fmt::Display for Row<'_> {
         match self {
             Row::Message { room, seq, .. } => write!(f, "message {seq} of room {room}"),
             Row::DeadLetter { id, .. } => write!(f, "dead letter {id}"),
+            Row::Outbox { id, .. } => write!(f, "webhook event {id}"),
         }
     }
 }
@@ -369,6 +381,11 @@ impl Row<'_> {
                 out.extend_from_slice(&id.to_be_bytes());
                 text(out, kind);
                 text(out, target);
+                out.extend_from_slice(&created_at.to_be_bytes());
+            }
+            Row::Outbox { id, created_at } => {
+                out.extend_from_slice(b"webhook_outbox\0");
+                out.extend_from_slice(&id.to_be_bytes());
                 out.extend_from_slice(&created_at.to_be_bytes());
             }
         }

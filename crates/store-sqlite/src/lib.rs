@@ -8,12 +8,13 @@
 //!   the store, the refusal of rows under keys that are not configured), and [`StartError`],
 //!   why it could not start.
 //! - [`sqlite`]: [`SqliteStore`], the group-committing store (one writer thread, a priority
-//!   lane, a pool of readers); it implements `MessageLog`, `ConnectionStore`, `DeadLetters` and
+//!   lane, a pool of readers); it implements `MessageLog`, `ConnectionStore`, `DeadLetters`,
+//!   `WebhookOutbox` (when opened with webhooks on, [`sqlite::StoreOptions`]) and
 //!   `StoreLifecycle`. It records the store metrics (`dynamowave_store_*`,
 //!   `dynamowave_messages_received_total`, `dynamowave_messages_acked_total`) into the process's
 //!   `metrics` recorder, once per writer batch.
-//! - [`cipher`]: encryption at rest of message bodies and dead-letter payloads (AES-256-GCM), the
-//!   [`cipher::Keyring`] and how keys are read and checked at start.
+//! - [`cipher`]: encryption at rest of message bodies, dead-letter payloads and webhook events
+//!   (AES-256-GCM), the [`cipher::Keyring`] and how keys are read and checked at start.
 //! - [`rekey`]: `dynamowave rekey`, moving stored rows to the newest key.
 //! - [`snapshot`]: `dynamowave backup` (an online, consistent copy) and `dynamowave restore`
 //!   (a new data directory at a point in time).

@@ -1,4 +1,5 @@
-//! `dynamowave rekey`: rewrites every message body and dead-letter payload that is not under
+//! `dynamowave rekey`: rewrites every message body, dead-letter payload and queued webhook
+//! event that is not under
 //! the newest key (older keys, and plaintext rows from before encryption was turned on) so that
 //! the old keys can then be removed from the configuration.
 //!
@@ -64,6 +65,8 @@ pub struct RekeyReport {
     pub messages: BTreeMap<String, u64>,
     /// Dead letters rewritten, likewise.
     pub dead_letters: BTreeMap<String, u64>,
+    /// Queued webhook events rewritten, likewise.
+    pub webhook_events: BTreeMap<String, u64>,
     /// Rows that could not be decrypted and were left as they were, each with the reason.
     pub unreadable: Vec<String>,
     /// Rows still under another key when it finished (the unreadable ones, and rows a server
@@ -156,6 +159,17 @@ pub fn rekey(
         "UPDATE dead_letters SET payload = ?2, key_id = ?3 WHERE id = ?1 AND key_id IS ?4",
         options.batch,
         &mut report.dead_letters,
+        &mut report.unreadable,
+        &mut pacer,
+    )
+    .map_err(sql)?;
+    rekey_table(
+        &mut conn,
+        keys,
+        read_webhook_events,
+        "UPDATE webhook_outbox SET body = ?2, key_id = ?3 WHERE id = ?1 AND key_id IS ?4",
+        options.batch,
+        &mut report.webhook_events,
         &mut report.unreadable,
         &mut pacer,
     )
@@ -297,6 +311,34 @@ fn read_dead_letters(
         };
         let old = r.get_ref(5)?.as_str_or_null()?;
         out.extend(reseal(keys, &row, id, old, r.get_ref(4)?, unreadable));
+    }
+    Ok((out, last))
+}
+
+/// As [`read_messages`], for queued webhook events.
+fn read_webhook_events(
+    conn: &Connection,
+    keys: &Keyring,
+    after: i64,
+    limit: usize,
+    unreadable: &mut Vec<String>,
+) -> rusqlite::Result<(Vec<Rewrite>, Option<i64>)> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, created_at, body, key_id FROM webhook_outbox
+         WHERE id > ?1 AND (key_id IS NULL OR key_id <> ?2) ORDER BY id LIMIT ?3",
+    )?;
+    let mut rows = stmt.query(params![after, keys.newest_id(), limit as i64])?;
+    let mut out = Vec::new();
+    let mut last = None;
+    while let Some(r) = rows.next()? {
+        let id: i64 = r.get(0)?;
+        last = Some(id);
+        let row = Row::Outbox {
+            id: id as u64,
+            created_at: r.get::<_, i64>(1)? as u64,
+        };
+        let old = r.get_ref(3)?.as_str_or_null()?;
+        out.extend(reseal(keys, &row, id, old, r.get_ref(2)?, unreadable));
     }
     Ok((out, last))
 }

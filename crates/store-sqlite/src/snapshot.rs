@@ -13,7 +13,8 @@
 //!   to an instant `T`: everything stamped at or before `T` (ms precision) stays, everything
 //!   later goes, and deletions made after `T` are undone (deletions are tombstones, see the
 //!   `deleted_at` column). Edits and reactions are log entries of their own (`messages.kind`),
-//!   so dropping the later ones undoes them; read positions moved after `T` are removed.
+//!   so dropping the later ones undoes them; read positions moved after `T` are removed, and so
+//!   are webhook events queued after `T`.
 //!
 //! Every file is written under a temporary name, fsync'd, and renamed into place, so a crash
 //! never leaves a half-written backup or store under the final name.
@@ -72,6 +73,10 @@ pub struct RestoreInfo {
     /// Read positions moved after `to`, removed: where they stood at `to` is not recorded, so
     /// those users start the room over as unread rather than as read past what they saw.
     pub read_positions_dropped: u64,
+    /// Webhook events queued after `to`, removed: they report what the restore undid. (Those
+    /// queued before stay, and may reach the backend again if they were delivered after the
+    /// source was taken.)
+    pub webhook_events_dropped: u64,
 }
 
 /// Why a backup or restore did not happen. Nothing is left under the target's final name.
@@ -243,6 +248,7 @@ pub fn restore(from: &Path, to_ms: u64, into: &Path) -> Result<RestoreInfo, Snap
             dead_letters_dropped: undone.dead_letters_dropped,
             dead_letters_unreplayed: undone.dead_letters_unreplayed,
             read_positions_dropped: undone.read_positions_dropped,
+            webhook_events_dropped: undone.webhook_events_dropped,
         })
     })();
     if result.is_err() {
@@ -263,6 +269,7 @@ struct Undone {
     dead_letters_dropped: u64,
     dead_letters_unreplayed: u64,
     read_positions_dropped: u64,
+    webhook_events_dropped: u64,
 }
 
 /// Rolls the copy back to `to_ms`, in one transaction.
@@ -274,6 +281,7 @@ fn roll_back_to(conn: &mut Connection, to_ms: u64) -> rusqlite::Result<Undone> {
     let has_dead_letters = has_table(conn, "dead_letters")?;
     let has_events = has_column(conn, "messages", "kind")?;
     let has_read_positions = has_table(conn, "read_positions")?;
+    let has_outbox = has_table(conn, "webhook_outbox")?;
 
     // One transaction: the restored store is the rolled-back state or nothing.
     let tx = conn.transaction()?;
@@ -315,6 +323,11 @@ fn roll_back_to(conn: &mut Connection, to_ms: u64) -> rusqlite::Result<Undone> {
     } else {
         0
     };
+    let webhook_events_dropped = if has_outbox {
+        tx.execute("DELETE FROM webhook_outbox WHERE created_at > ?1", [t])? as u64
+    } else {
+        0
+    };
     tx.execute_batch(
         "DELETE FROM memberships;
          DELETE FROM connections;
@@ -329,6 +342,7 @@ fn roll_back_to(conn: &mut Connection, to_ms: u64) -> rusqlite::Result<Undone> {
         dead_letters_dropped,
         dead_letters_unreplayed,
         read_positions_dropped,
+        webhook_events_dropped,
     })
 }
 

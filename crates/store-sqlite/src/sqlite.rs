@@ -24,14 +24,14 @@ use std::thread;
 use async_trait::async_trait;
 use dynamowave_core::ports::{
     Appended, Claim, CommitListener, ConnectionRecord, ConnectionStore, DeadLetter, DeadLetterKind,
-    DeadLetters, Deletion, MessageLog, NewDeadLetter, NewEvent, NewMessage, Purge, QueuedAppend,
-    ReadMark, StoreError, StoreLifecycle, check_event, refusal,
+    DeadLetters, Deletion, MessageLog, NewDeadLetter, NewEvent, NewMessage, OutboxEntry, Purge,
+    QueuedAppend, ReadMark, StoreError, StoreLifecycle, WebhookOutbox, check_event, refusal,
 };
 use dynamowave_core::protocol::{
     ChatMessage, EntryEvent, HistoryQuery, MAX_EMOJIS_PER_MESSAGE, Mode, Page, ReactionCounts,
 };
 use dynamowave_core::types::now_ms;
-use dynamowave_core::{ConnectionId, RoomId, Seq, UserName};
+use dynamowave_core::{ConnectionId, RoomId, Seq, UserName, webhook};
 use rusqlite::{
     Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior, params,
 };
@@ -115,6 +115,15 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     -- The key `payload` is encrypted under (cipher.rs); NULL: `payload` is plaintext.
     key_id TEXT
 );
+-- Events for the product's backend (`WebhookOutbox`), written in the commit of what they
+-- report when the store is opened with webhooks on; delivered ones are removed.
+CREATE TABLE IF NOT EXISTS webhook_outbox (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    created_at INTEGER NOT NULL,
+    -- One JSON object (dynamowave_core::webhook); sealed like a payload when keys are set.
+    body       TEXT NOT NULL,
+    key_id     TEXT
+);
 ";
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
@@ -137,6 +146,8 @@ enum Command {
     /// Undoes a claim whose delivery failed, counting the attempt.
     ReleaseDeadLetter(u64, String, Reply<()>),
     PurgeDeadLetters(Purge, Reply<u64>),
+    /// Removes the webhook events with ids up to this one (delivered or dead-lettered).
+    RemoveWebhookEvents(u64, Reply<u64>),
     /// Readiness (the server's `GET /readyz`): rewrites the header page in a `BEGIN IMMEDIATE` transaction
     /// and commits, so a full disk, a read-only file or a stuck writer shows up.
     Probe(Reply<()>),
@@ -164,8 +175,20 @@ impl Command {
     }
 }
 
-/// The SQLite adapter of [`MessageLog`], [`ConnectionStore`], [`DeadLetters`] and
-/// [`StoreLifecycle`].
+/// How to open a [`SqliteStore`] beyond its directory and listener. The default: plaintext, no
+/// webhook events.
+#[derive(Clone, Debug, Default)]
+pub struct StoreOptions {
+    /// Encryption at rest (cipher.rs): message bodies, dead-letter payloads and webhook events
+    /// are sealed under the newest key, every key decrypts. `None`: plaintext.
+    pub keys: Option<Arc<Keyring>>,
+    /// Write the event of every commit to `webhook_outbox` ([`WebhookOutbox`]). Off, nothing
+    /// is written there and commits cost what they did.
+    pub webhooks: bool,
+}
+
+/// The SQLite adapter of [`MessageLog`], [`ConnectionStore`], [`DeadLetters`],
+/// [`WebhookOutbox`] and [`StoreLifecycle`].
 pub struct SqliteStore {
     writer: mpsc::Sender<Command>,
     /// The writer's priority lane, drained before `writer` on every batch.
@@ -178,6 +201,7 @@ pub struct SqliteStore {
     /// Encryption at rest (cipher.rs): message bodies and dead-letter payloads are
     /// sealed on the writer thread and opened on the reader threads. `None`: plaintext.
     keys: Option<Arc<Keyring>>,
+    webhooks: bool,
     // Held for the store's life: the OS lock on `LOCK` keeps other processes out.
     _lock: File,
 }
@@ -197,6 +221,23 @@ impl SqliteStore {
         listener: Arc<dyn CommitListener>,
         keys: Option<Arc<Keyring>>,
     ) -> Result<Self, OpenError> {
+        Self::open_with(
+            dir,
+            listener,
+            StoreOptions {
+                keys,
+                webhooks: false,
+            },
+        )
+    }
+
+    /// Opens (creating if needed) the store in `dir` as `options` say and starts its writer.
+    pub fn open_with(
+        dir: &Path,
+        listener: Arc<dyn CommitListener>,
+        options: StoreOptions,
+    ) -> Result<Self, OpenError> {
+        let StoreOptions { keys, webhooks } = options;
         fs::create_dir_all(dir).map_err(|e| OpenError::Io(dir.to_owned(), e))?;
         let lock_path = dir.join("LOCK");
         let lock = File::create(&lock_path).map_err(|e| OpenError::Io(lock_path.clone(), e))?;
@@ -224,6 +265,7 @@ impl SqliteStore {
                     committed_heads,
                     listener,
                     keys: writer_keys,
+                    webhooks,
                 }
                 .run(priority_rx, rx, waiter)
             })
@@ -238,8 +280,14 @@ impl SqliteStore {
             }),
             writer_thread: Mutex::new(Some(writer_thread)),
             keys,
+            webhooks,
             _lock: lock,
         })
+    }
+
+    /// Whether the store writes webhook events ([`StoreOptions::webhooks`]).
+    pub fn webhooks(&self) -> bool {
+        self.webhooks
     }
 
     /// Applies every command queued so far, commits, and stops the writer. Later writes fail
@@ -413,8 +461,10 @@ struct Writer {
     heads: HashMap<RoomId, u64>,
     committed_heads: Arc<RwLock<HashMap<RoomId, u64>>>,
     listener: Arc<dyn CommitListener>,
-    /// Seals new message bodies and dead-letter payloads; `None`: plaintext.
+    /// Seals new message bodies, dead-letter payloads and webhook events; `None`: plaintext.
     keys: Option<Arc<Keyring>>,
+    /// Whether commands write their webhook events ([`StoreOptions::webhooks`]).
+    webhooks: bool,
 }
 
 /// What to tell a caller once the batch's fate is known.
@@ -506,6 +556,11 @@ impl Writer {
             }
         };
         let ts = now_ms();
+        // `None` with webhooks off: no event is built, no savepoint taken.
+        let events = self.webhooks.then_some(Events {
+            keys: self.keys.as_deref(),
+            ts,
+        });
         for cmd in batch.drain(..) {
             if stop.is_some() {
                 drop(cmd);
@@ -516,6 +571,7 @@ impl Writer {
                     let result = append(
                         &tx,
                         self.keys.as_deref(),
+                        events,
                         &mut self.heads,
                         &mut touched,
                         m,
@@ -533,64 +589,23 @@ impl Writer {
                     pending.push(Pending::Seq(reply, result));
                 }
                 Command::InsertConnection(r, reply) => {
-                    let result = tx
-                        .prepare_cached(
-                            "INSERT OR REPLACE INTO connections (id, user, mode, source_ip, user_agent, connected_at)
-                             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                        )
-                        .and_then(|mut s| {
-                            s.execute(params![
-                                r.id.as_str(),
-                                r.user.as_str(),
-                                r.mode.as_str(),
-                                r.source_ip,
-                                r.user_agent,
-                                r.connected_at as i64
-                            ])
-                        })
-                        .map(drop)
-                        .map_err(backend);
+                    let result = insert_connection(&tx, events, &r);
                     pending.push(Pending::Unit(reply, result));
                 }
                 Command::RemoveConnection(id, reply) => {
-                    let result = tx
-                        .execute(
-                            "DELETE FROM memberships WHERE connection_id = ?1",
-                            [id.as_str()],
-                        )
-                        .and_then(|_| {
-                            tx.execute("DELETE FROM connections WHERE id = ?1", [id.as_str()])
-                        })
-                        .map(drop)
-                        .map_err(backend);
+                    let result = remove_connection(&tx, events, &id);
                     pending.push(Pending::Unit(reply, result));
                 }
                 Command::AddMembership(id, room, reply) => {
-                    let result = tx
-                        .execute(
-                            "INSERT OR IGNORE INTO memberships (connection_id, room) VALUES (?1, ?2)",
-                            [id.as_str(), room.as_str()],
-                        )
-                        .map(drop)
-                        .map_err(backend);
+                    let result = add_membership(&tx, events, &id, &room);
                     pending.push(Pending::Unit(reply, result));
                 }
                 Command::RemoveMembership(id, room, reply) => {
-                    let result = tx
-                        .execute(
-                            "DELETE FROM memberships WHERE connection_id = ?1 AND room = ?2",
-                            [id.as_str(), room.as_str()],
-                        )
-                        .map(drop)
-                        .map_err(backend);
+                    let result = remove_membership(&tx, events, &id, &room);
                     pending.push(Pending::Unit(reply, result));
                 }
                 Command::PurgeConnections(reply) => {
-                    let result = tx
-                        .execute("DELETE FROM memberships", [])
-                        .and_then(|_| tx.execute("DELETE FROM connections", []))
-                        .map(|n| n as u64)
-                        .map_err(backend);
+                    let result = purge_connections(&tx, events);
                     pending.push(Pending::Count(reply, result));
                 }
                 Command::Delete(room, seq, reply) => {
@@ -634,6 +649,15 @@ impl Writer {
                     }
                     .map(|n| n as u64)
                     .map_err(backend);
+                    pending.push(Pending::Count(reply, result));
+                }
+                Command::RemoveWebhookEvents(id, reply) => {
+                    let result = tx
+                        .prepare_cached("DELETE FROM webhook_outbox WHERE id <= ?1")
+                        // Clamped, not wrapped: through an id past i64::MAX is through all.
+                        .and_then(|mut s| s.execute([i64::try_from(id).unwrap_or(i64::MAX)]))
+                        .map(|n| n as u64)
+                        .map_err(backend);
                     pending.push(Pending::Count(reply, result));
                 }
                 Command::Probe(reply) => {
@@ -722,7 +746,8 @@ fn fail(cmd: Command, err: &str) {
         | Command::Probe(r) => drop(r.send(Err(e()))),
         Command::PurgeConnections(r)
         | Command::AddDeadLetter(_, r)
-        | Command::PurgeDeadLetters(_, r) => drop(r.send(Err(e()))),
+        | Command::PurgeDeadLetters(_, r)
+        | Command::RemoveWebhookEvents(_, r) => drop(r.send(Err(e()))),
         Command::Delete(_, _, r) => drop(r.send(Err(e()))),
         Command::MarkRead(_, _, _, r) => drop(r.send(Err(e()))),
         Command::ClaimDeadLetter(_, _, r) => drop(r.send(Err(e()))),
@@ -796,6 +821,7 @@ fn sql_seq(seq: u64) -> i64 {
 fn append(
     tx: &Transaction<'_>,
     keys: Option<&Keyring>,
+    events: Option<Events<'_>>,
     heads: &mut HashMap<RoomId, u64>,
     touched: &mut HashMap<RoomId, u64>,
     m: NewMessage,
@@ -830,30 +856,29 @@ fn append(
         data,
         event,
     } = m;
-    let row = EntryRow {
-        room: &room,
-        seq,
-        id: &id,
-        user: &user,
-        data: &data,
-        ts,
-        kind: None,
-        target: None,
-        emoji: None,
-        on: None,
-    };
-    let event = match event {
-        None => {
-            insert_entry(tx, keys, &row)?;
-            None
-        }
-        // Refused or failed halfway, the event leaves nothing in the batch's transaction.
-        Some(event) => Some(in_savepoint(tx, || apply_event(tx, keys, row, event))?),
-    };
-    heads.insert(room.clone(), seq);
-    touched.insert(room.clone(), seq);
     let mut message = ChatMessage::new(room, Seq(seq), id, user, data, ts);
-    message.event = event.map(Box::new);
+    match event {
+        None => match events {
+            None => insert_entry(tx, keys, &EntryRow::message(&message))?,
+            // The message and its event stand or fall together.
+            Some(events) => in_savepoint(tx, || {
+                insert_entry(tx, keys, &EntryRow::message(&message))?;
+                events.queue(tx, &webhook::entry(&message))
+            })?,
+        },
+        // Refused or failed halfway, the event leaves nothing in the batch's transaction (its
+        // webhook event included).
+        Some(event) => in_savepoint(tx, || {
+            let committed = apply_event(tx, keys, EntryRow::message(&message), event)?;
+            message.event = Some(Box::new(committed));
+            match events {
+                Some(events) => events.queue(tx, &webhook::entry(&message)),
+                None => Ok(()),
+            }
+        })?,
+    }
+    heads.insert(message.room.clone(), seq);
+    touched.insert(message.room.clone(), seq);
     Ok(Appended {
         message: Arc::new(message),
         duplicate: false,
@@ -872,6 +897,24 @@ struct EntryRow<'a> {
     target: Option<Seq>,
     emoji: Option<&'a str>,
     on: Option<bool>,
+}
+
+impl<'a> EntryRow<'a> {
+    /// The row of a message (an event entry sets its `kind` and the rest on top).
+    fn message(m: &'a ChatMessage) -> Self {
+        EntryRow {
+            room: &m.room,
+            seq: m.seq.0,
+            id: &m.id,
+            user: &m.user,
+            data: &m.data,
+            ts: m.ts,
+            kind: None,
+            target: None,
+            emoji: None,
+            on: None,
+        }
+    }
 }
 
 fn insert_entry(
@@ -939,6 +982,198 @@ fn in_savepoint<T>(
     };
     tx.execute_batch(end).map_err(backend)?;
     result
+}
+
+/// Where a batch's commands write their webhook events (webhooks on): the batch's keys and
+/// commit time.
+#[derive(Clone, Copy)]
+struct Events<'a> {
+    keys: Option<&'a Keyring>,
+    ts: u64,
+}
+
+impl Events<'_> {
+    /// Queues `body` in `webhook_outbox`, in the batch's transaction. Encrypted, the body is
+    /// bound to the row's id, known after the insert (as a dead letter's payload).
+    fn queue(&self, tx: &Transaction<'_>, body: &str) -> Result<(), StoreError> {
+        let stored = if self.keys.is_some() { "" } else { body };
+        tx.prepare_cached("INSERT INTO webhook_outbox (created_at, body) VALUES (?1, ?2)")
+            .and_then(|mut s| s.execute(params![self.ts as i64, stored]))
+            .map_err(backend)?;
+        let Some(keys) = self.keys else {
+            return Ok(());
+        };
+        let id = tx.last_insert_rowid() as u64;
+        let row = Row::Outbox {
+            id,
+            created_at: self.ts,
+        };
+        let (key_id, blob) = keys.seal(&row, body.as_bytes()).map_err(|e| {
+            tracing::error!(error = %e, "cannot encrypt a webhook event");
+            StoreError::Backend(e.to_string())
+        })?;
+        tx.prepare_cached("UPDATE webhook_outbox SET body = ?2, key_id = ?3 WHERE id = ?1")
+            .and_then(|mut s| s.execute(params![id as i64, blob, key_id]))
+            .map(drop)
+            .map_err(backend)
+    }
+}
+
+/// Runs a connection-table command; with webhooks on, in a savepoint, so that a failed event
+/// insert takes the command's own writes back with it (queued iff it happened).
+fn with_events<T>(
+    tx: &Transaction<'_>,
+    events: Option<Events<'_>>,
+    f: impl FnOnce() -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    match events {
+        Some(_) => in_savepoint(tx, f),
+        None => f(),
+    }
+}
+
+/// The user of a stored connection, for the events that name it. A name edited by hand into
+/// something invalid is left out rather than failing the command.
+fn connection_user(
+    tx: &Transaction<'_>,
+    id: &ConnectionId,
+) -> Result<Option<UserName>, StoreError> {
+    let user: Option<String> = tx
+        .prepare_cached("SELECT user FROM connections WHERE id = ?1")
+        .and_then(|mut s| s.query_row([id.as_str()], |r| r.get(0)).optional())
+        .map_err(backend)?;
+    Ok(user.and_then(|u| UserName::parse(&u).ok()))
+}
+
+fn insert_connection(
+    tx: &Transaction<'_>,
+    events: Option<Events<'_>>,
+    r: &ConnectionRecord,
+) -> Result<(), StoreError> {
+    with_events(tx, events, || {
+        tx.prepare_cached(
+            "INSERT OR REPLACE INTO connections (id, user, mode, source_ip, user_agent, connected_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )
+        .and_then(|mut s| {
+            s.execute(params![
+                r.id.as_str(),
+                r.user.as_str(),
+                r.mode.as_str(),
+                r.source_ip,
+                r.user_agent,
+                r.connected_at as i64
+            ])
+        })
+        .map_err(backend)?;
+        match events {
+            Some(e) => e.queue(tx, &webhook::connect(r)),
+            None => Ok(()),
+        }
+    })
+}
+
+/// Removes the connection and its memberships; its `disconnect` only if there was a row.
+fn remove_connection(
+    tx: &Transaction<'_>,
+    events: Option<Events<'_>>,
+    id: &ConnectionId,
+) -> Result<(), StoreError> {
+    with_events(tx, events, || {
+        // Read before the delete: the event names the user.
+        let user = match events {
+            Some(_) => connection_user(tx, id)?,
+            None => None,
+        };
+        tx.prepare_cached("DELETE FROM memberships WHERE connection_id = ?1")
+            .and_then(|mut s| s.execute([id.as_str()]))
+            .map_err(backend)?;
+        let removed = tx
+            .prepare_cached("DELETE FROM connections WHERE id = ?1")
+            .and_then(|mut s| s.execute([id.as_str()]))
+            .map_err(backend)?;
+        match events {
+            Some(e) if removed > 0 => e.queue(tx, &webhook::disconnect(id, user.as_ref(), e.ts)),
+            _ => Ok(()),
+        }
+    })
+}
+
+/// Adds the membership; its `join` only if the connection was not in the room.
+fn add_membership(
+    tx: &Transaction<'_>,
+    events: Option<Events<'_>>,
+    id: &ConnectionId,
+    room: &RoomId,
+) -> Result<(), StoreError> {
+    with_events(tx, events, || {
+        let added = tx
+            .prepare_cached(
+                "INSERT OR IGNORE INTO memberships (connection_id, room) VALUES (?1, ?2)",
+            )
+            .and_then(|mut s| s.execute([id.as_str(), room.as_str()]))
+            .map_err(backend)?;
+        match events {
+            Some(e) if added > 0 => {
+                let user = connection_user(tx, id)?;
+                e.queue(tx, &webhook::join(room, id, user.as_ref(), e.ts))
+            }
+            _ => Ok(()),
+        }
+    })
+}
+
+/// Removes the membership; its `leave` only if the connection was in the room.
+fn remove_membership(
+    tx: &Transaction<'_>,
+    events: Option<Events<'_>>,
+    id: &ConnectionId,
+    room: &RoomId,
+) -> Result<(), StoreError> {
+    with_events(tx, events, || {
+        let removed = tx
+            .prepare_cached("DELETE FROM memberships WHERE connection_id = ?1 AND room = ?2")
+            .and_then(|mut s| s.execute([id.as_str(), room.as_str()]))
+            .map_err(backend)?;
+        match events {
+            Some(e) if removed > 0 => {
+                let user = connection_user(tx, id)?;
+                e.queue(tx, &webhook::leave(room, id, user.as_ref(), e.ts))
+            }
+            _ => Ok(()),
+        }
+    })
+}
+
+/// Deletes what a dead process left in the connections table. With webhooks on, each purged
+/// connection gets its `disconnect`: the one its process would have written was lost with it,
+/// and the backend would otherwise think it still connected.
+fn purge_connections(tx: &Transaction<'_>, events: Option<Events<'_>>) -> Result<u64, StoreError> {
+    with_events(tx, events, || {
+        let purged: Vec<(String, String)> = match events {
+            Some(_) => tx
+                .prepare("SELECT id, user FROM connections ORDER BY id")
+                .and_then(|mut s| {
+                    s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                        .collect::<rusqlite::Result<_>>()
+                })
+                .map_err(backend)?,
+            None => Vec::new(),
+        };
+        tx.execute("DELETE FROM memberships", []).map_err(backend)?;
+        let n = tx.execute("DELETE FROM connections", []).map_err(backend)? as u64;
+        if let Some(e) = events {
+            for (id, user) in purged {
+                // Ids were validated before they were stored; one edited by hand is skipped.
+                let Ok(id) = ConnectionId::parse(&id) else {
+                    continue;
+                };
+                let user = UserName::parse(&user).ok();
+                e.queue(tx, &webhook::disconnect(&id, user.as_ref(), e.ts))?;
+            }
+        }
+        Ok(n)
+    })
 }
 
 /// Checks an event entry against its target (as `check_event` says, seeing the batch's earlier
@@ -1647,6 +1882,50 @@ impl DeadLetters for SqliteStore {
     }
 }
 
+/// The queue of webhook events the commits wrote (with webhooks on; see [`StoreOptions`]).
+#[async_trait]
+impl WebhookOutbox for SqliteStore {
+    async fn pending(&self, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {
+        let keys = self.keys.clone();
+        self.read(move |c| {
+            c.prepare_cached(
+                "SELECT id, created_at, body, key_id FROM webhook_outbox ORDER BY id LIMIT ?1",
+            )?
+            .query_map([i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
+                let id = r.get::<_, i64>(0)? as u64;
+                let row = Row::Outbox {
+                    id,
+                    created_at: r.get::<_, i64>(1)? as u64,
+                };
+                let body = cipher::stored_text(
+                    keys.as_deref(),
+                    &row,
+                    r.get_ref(3)?.as_str_or_null()?,
+                    r.get_ref(2)?,
+                )
+                .map_err(|e| cipher::row_error(2, e))?;
+                Ok(OutboxEntry { id, body })
+            })?
+            .collect()
+        })
+        .await
+    }
+
+    /// Through the writer's normal lane: a delivery is not urgent, a login is.
+    async fn remove_through(&self, id: u64) -> Result<u64, StoreError> {
+        self.call(|r| Command::RemoveWebhookEvents(id, r)).await
+    }
+
+    async fn depth(&self) -> Result<u64, StoreError> {
+        self.read(|c| {
+            c.prepare_cached("SELECT COUNT(*) FROM webhook_outbox")?
+                .query_row([], |r| r.get::<_, i64>(0))
+                .map(|n| n as u64)
+        })
+        .await
+    }
+}
+
 /// Readiness and graceful shutdown, as the server sees them.
 #[async_trait]
 impl StoreLifecycle for SqliteStore {
@@ -1667,6 +1946,7 @@ pub struct UnknownKey {
     pub key_id: String,
     pub messages: u64,
     pub dead_letters: u64,
+    pub webhook_events: u64,
 }
 
 /// Encryption at rest (cipher.rs).
@@ -1711,6 +1991,19 @@ pub(crate) fn unknown_key_rows(
             let entry = found.entry(id.clone()).or_default();
             entry.key_id = id;
             entry.dead_letters = n as u64;
+        }
+    }
+    // The outbox holds what is not delivered yet, normally little: a scan too.
+    let mut stmt = c.prepare_cached(
+        "SELECT key_id, count(*) FROM webhook_outbox WHERE key_id IS NOT NULL GROUP BY key_id",
+    )?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+    for row in rows {
+        let (id, n) = row?;
+        if !known(&id) {
+            let entry = found.entry(id.clone()).or_default();
+            entry.key_id = id;
+            entry.webhook_events = n as u64;
         }
     }
     Ok(found.into_values().collect())

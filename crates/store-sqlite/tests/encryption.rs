@@ -290,7 +290,8 @@ async fn a_row_under_an_unconfigured_key_is_unavailable_never_garbage() {
             unknown.contains(&UnknownKey {
                 key_id: id_a.clone(),
                 messages: 3,
-                dead_letters: 1
+                dead_letters: 1,
+                webhook_events: 0
             }),
             "{unknown:?}"
         );

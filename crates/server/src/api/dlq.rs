@@ -136,6 +136,11 @@ fn replay_error(e: ReplayError) -> ApiError {
         ReplayError::Full(_) => {
             ChatError::new(ErrorCode::Unavailable, message).with_retry_after(1000)
         }
+        ReplayError::NotForAConnection(_) => ChatError::bad_request(message),
+        ReplayError::NoWebhook(_) => ChatError::new(ErrorCode::Unavailable, message),
+        ReplayError::Webhook(..) => {
+            ChatError::new(ErrorCode::Unavailable, message).with_retry_after(1000)
+        }
         ReplayError::Store(e) => e.into(),
     })
 }
@@ -152,7 +157,13 @@ pub async fn replay_all(State(state): State<AppState>) -> Result<Response, ApiEr
             match dlq.replay(entry.id, None).await {
                 Ok(Replayed::Delivered { .. }) => replayed += 1,
                 Ok(Replayed::Already { .. }) | Err(ReplayError::NotFound(_)) => {}
-                Err(ReplayError::Gone(_) | ReplayError::Full(_)) => failed += 1,
+                Err(
+                    ReplayError::Gone(_)
+                    | ReplayError::Full(_)
+                    | ReplayError::NoWebhook(_)
+                    | ReplayError::Webhook(..),
+                ) => failed += 1,
+                Err(ReplayError::NotForAConnection(_)) => {}
                 Err(ReplayError::Store(e)) => return Err(e.into()),
             }
         }

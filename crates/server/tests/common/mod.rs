@@ -22,11 +22,14 @@ pub const WAIT: Duration = Duration::from_secs(10);
 /// The single binary's backend for `config`: the SQLite store in its data directory, under its
 /// encryption keys.
 pub fn backend(config: &ServerConfig) -> Box<dyn Backend> {
-    Box::new(SqliteBackend::new(
-        config.data_dir.clone(),
-        config.encryption.key_files.clone(),
-        config.encryption.keys.clone(),
-    ))
+    Box::new(
+        SqliteBackend::new(
+            config.data_dir.clone(),
+            config.encryption.key_files.clone(),
+            config.encryption.keys.clone(),
+        )
+        .with_webhooks(config.hooks.webhook_url.is_some()),
+    )
 }
 
 pub struct TestServer {
