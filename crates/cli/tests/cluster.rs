@@ -644,6 +644,6 @@ async fn typing_crosses_nodes_and_edits_are_refused_with_what_is_missing() {
         }
         other => panic!("{other:?}"),
     }
-    // The typist did not hear itself: the next frame after its own message is the refusal.
+    // Both nodes live to here.
     let _ = (a, b);
 }
