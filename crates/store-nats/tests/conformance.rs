@@ -73,6 +73,19 @@ async fn jetstream_log_passes_the_conformance_suite() {
 }
 
 #[tokio::test]
+async fn jetstream_log_passes_the_events_suite() {
+    let Some(nats) = common::NatsServer::start() else {
+        return;
+    };
+    let url = nats.url();
+    conformance::events(|listener| {
+        let url = url.clone();
+        async move { open(&url, listener).await.log }
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn kv_connections_pass_the_conformance_suite() {
     let Some(nats) = common::NatsServer::start() else {
         return;

@@ -1,4 +1,4 @@
-//! Test helper: a real `nats-server` (2.11 or newer, with JetStream) on a free port, with its
+//! Test helper: a real `nats-server` (2.12 or newer, with JetStream) on a free port, with its
 //! own storage directory, killed when dropped. Never the machine's shared server on 4222.
 //!
 //! The binary is `$NATS_SERVER_BIN`, else the one `./test.sh` installs
@@ -25,7 +25,7 @@ pub struct NatsServer {
     args: Vec<String>,
 }
 
-/// The nats-server binary, if there is one of version 2.11 or newer.
+/// The nats-server binary, if there is one of version 2.12 or newer.
 pub fn binary() -> Option<PathBuf> {
     let mut candidates = Vec::new();
     if let Ok(p) = std::env::var("NATS_SERVER_BIN") {
@@ -44,7 +44,7 @@ pub fn binary() -> Option<PathBuf> {
         let version = text.trim().rsplit('v').next().unwrap_or("");
         let mut parts = version.split('.').map(|n| n.parse::<u32>().unwrap_or(0));
         let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-        (major, minor) >= (2, 11)
+        (major, minor) >= (2, 12)
     })
 }
 
@@ -63,12 +63,12 @@ pub fn skip_without_nats() -> Option<PathBuf> {
         Some(b) => Some(b),
         None if std::env::var("DYNAMOWAVE_REQUIRE_NATS").is_ok_and(|v| v == "1") => {
             panic!(
-                "no nats-server 2.11+ found (set NATS_SERVER_BIN, or run ./test.sh, which installs it)"
+                "no nats-server 2.12+ found (set NATS_SERVER_BIN, or run ./test.sh, which installs it)"
             )
         }
         None => {
             eprintln!(
-                "SKIPPED: no nats-server 2.11+ found (./test.sh installs one; or set NATS_SERVER_BIN)"
+                "SKIPPED: no nats-server 2.12+ found (./test.sh installs one; or set NATS_SERVER_BIN)"
             );
             None
         }
