@@ -441,3 +441,44 @@ async fn edits_reactions_and_read_positions_survive_a_restart() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn the_management_api_deletes_as_the_author_so_members_hear_it() {
+    let server = TestServer::start().await;
+    let mut ann = joined(&server, "ann", "general").await;
+    let mut bob = joined(&server, "bob", "general").await;
+    ann.send_message("general", "regret", "m1").await.unwrap();
+    let seq = acked(&mut ann, "m1").await;
+    let delete = || async {
+        let response = reqwest::Client::new()
+            .delete(server.http(&format!("/rooms/general/messages/{seq}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        response.json::<serde_json::Value>().await.unwrap()
+    };
+    let first = delete().await;
+    assert_eq!(first["alreadyDeleted"], false, "{first}");
+    let (frame, _) = until(&mut bob, |f| matches!(f, ServerFrame::Deleted { .. })).await;
+    let ServerFrame::Deleted {
+        seq: s, event_seq, ..
+    } = frame
+    else {
+        unreachable!()
+    };
+    assert_eq!(
+        (s.0, event_seq.0),
+        (seq, seq + 1),
+        "an entry with the next seq"
+    );
+    let again = delete().await;
+    assert_eq!(again["alreadyDeleted"], true, "{again}");
+    assert_eq!(again["deletedAt"], first["deletedAt"]);
+    // A resume from before it replays the deletion.
+    let mut cy = server.v1("cy").await;
+    cy.join("general", Some(seq)).await.unwrap();
+    let (frame, _) = until(&mut cy, |f| matches!(f, ServerFrame::Deleted { .. })).await;
+    assert!(matches!(frame, ServerFrame::Deleted { seq: s, .. } if s.0 == seq));
+    server.stop().await;
+}

@@ -1,13 +1,13 @@
 //! `/rooms/{room}/...`: server-side publish into the same log (same seq, same fan-out), history,
-//! deletion (a tombstone) and members.
+//! deletion (the author's `delete` entry, as from the socket) and members.
 
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use dynamowave_core::ports::{Deletion, NewMessage};
-use dynamowave_core::protocol::HistoryQuery;
+use dynamowave_core::ports::{Deletion, NewEvent, NewMessage, StoreError};
+use dynamowave_core::protocol::{EntryEvent, HistoryQuery};
 use dynamowave_core::types::MAX_MESSAGE_ID_LEN;
 use dynamowave_core::types::random_token;
 use dynamowave_core::{ChatError, RoomId, Seq, UserName};
@@ -106,9 +106,10 @@ pub async fn list_messages(
     Ok(Json(json!({ "room": room, "messages": page.messages, "more": page.more })).into_response())
 }
 
-/// `DELETE /rooms/{room}/messages/{seq}`: tombstones the message. It leaves history and
-/// replays; the row and the deletion time stay for point-in-time restore. Deleting again
-/// answers the first deletion's time.
+/// `DELETE /rooms/{room}/messages/{seq}`: deletes the message as its author would from the
+/// socket: a `delete` entry in the room's log, so members get `deleted`, resumes replay it and
+/// the product's backend gets a `delete` webhook. The row and the deletion time stay for
+/// point-in-time restore. Deleting again answers the first deletion's time.
 pub async fn delete_message(
     State(state): State<AppState>,
     Path((room, seq)): Path<(String, String)>,
@@ -118,15 +119,55 @@ pub async fn delete_message(
         Some(n) if n > 0 => Seq(n),
         _ => return Err(ChatError::bad_request("`seq` must be a positive integer").into()),
     };
-    let (at, already) = match state.services.log.delete(&room, seq).await? {
+    let log = &state.services.log;
+    let live = log
+        .read(
+            &room,
+            HistoryQuery::After {
+                seq: Seq(seq.0 - 1),
+                limit: 1,
+            },
+        )
+        .await?
+        .messages
+        .into_iter()
+        .find(|m| m.seq == seq);
+    if let Some(message) = live {
+        let entry = NewMessage {
+            room: room.clone(),
+            // One id per message: two DELETEs at once make one entry.
+            id: format!("api-delete-{seq}"),
+            user: message.user.clone(),
+            data: String::new(),
+            event: Some(NewEvent::Delete { target: seq }),
+        };
+        match log.append(entry).await {
+            Ok(done)
+                if matches!(done.message.event.as_deref(),
+                    Some(EntryEvent::Delete { target }) if *target == seq) =>
+            {
+                return Ok(deleted(&room, seq, done.message.ts, done.duplicate));
+            }
+            // The author had used that id for something else, the message was deleted in
+            // between, or the store keeps no event entries (the AWS shape): the tombstone
+            // below still deletes it, or says when it was.
+            Ok(_) | Err(StoreError::Refused(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let (at, already) = match log.delete(&room, seq).await? {
         Deletion::Deleted { at } => (at, false),
         Deletion::AlreadyDeleted { at } => (at, true),
         Deletion::NotFound => {
             return Err(ChatError::not_found(format!("room {room} has no message {seq}")).into());
         }
     };
+    Ok(deleted(&room, seq, at, already))
+}
+
+fn deleted(room: &RoomId, seq: Seq, at: u64, already: bool) -> Response {
     let body = json!({ "room": room, "seq": seq, "deletedAt": at, "alreadyDeleted": already });
-    Ok(Json(body).into_response())
+    Json(body).into_response()
 }
 
 pub async fn members(
