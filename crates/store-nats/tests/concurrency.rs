@@ -7,42 +7,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dynamowave_core::conformance::RecordingListener;
-use dynamowave_core::ports::{
-    Backend, CommitListener, ConnectionDescription, Fanout, LocalConnections, MessageLog, NewEvent,
-    NewMessage, PostError, RoomMembership,
-};
-use dynamowave_core::protocol::{HistoryQuery, Member, PresenceEvent};
-use dynamowave_core::{ConnectionId, RoomId, Seq, UserName};
+use dynamowave_core::ports::{Backend, CommitListener, Fanout, MessageLog, NewEvent, NewMessage};
+use dynamowave_core::protocol::HistoryQuery;
+use dynamowave_core::{RoomId, Seq, UserName};
 use dynamowave_store_nats::{NatsBackend, NatsConfig};
 use tokio::task::JoinSet;
 
-struct NoHub;
-
-#[async_trait::async_trait]
-impl RoomMembership for NoHub {
-    fn join(&self, _: &ConnectionId, _: &RoomId) {}
-    fn leave(&self, _: &ConnectionId, _: &RoomId) {}
-    async fn members(&self, _: &RoomId) -> Result<Vec<Member>, dynamowave_core::ports::StoreError> {
-        Ok(Vec::new())
-    }
-    fn presence(&self, _: &RoomId, _: PresenceEvent, _: &UserName, _: &ConnectionId) {}
-    fn signal(&self, _: &RoomId, _: &str, _: Option<&ConnectionId>) {}
-}
-
-impl LocalConnections for NoHub {
-    fn post(&self, _: &ConnectionId, _: String) -> Result<(), PostError> {
-        Err(PostError::Gone)
-    }
-    fn describe(&self, _: &ConnectionId) -> Option<ConnectionDescription> {
-        None
-    }
-    fn close(&self, _: &ConnectionId, _: u16, _: &str) -> bool {
-        false
-    }
-}
-
 async fn node(config: NatsConfig, listener: Arc<dyn CommitListener>) -> Arc<dyn MessageLog> {
-    let hub = Arc::new(NoHub);
+    let hub = Arc::new(common::NoHub);
     let fanout = Fanout {
         listener,
         rooms: hub.clone(),

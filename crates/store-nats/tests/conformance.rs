@@ -5,42 +5,12 @@ mod common;
 use std::sync::Arc;
 
 use dynamowave_core::conformance;
-use dynamowave_core::ports::{
-    Backend, CommitListener, ConnectionDescription, Fanout, LocalConnections, PostError, Stores,
-};
-use dynamowave_core::protocol::{Member, PresenceEvent};
-use dynamowave_core::{ConnectionId, RoomId, UserName};
+use dynamowave_core::ports::{Backend, CommitListener, Fanout, Stores};
 use dynamowave_store_nats::{NatsBackend, NatsConfig};
-
-/// A fan-out with no connections: only the commit listener matters here.
-struct NoHub;
-
-#[async_trait::async_trait]
-impl dynamowave_core::ports::RoomMembership for NoHub {
-    fn join(&self, _: &ConnectionId, _: &RoomId) {}
-    fn leave(&self, _: &ConnectionId, _: &RoomId) {}
-    async fn members(&self, _: &RoomId) -> Result<Vec<Member>, dynamowave_core::ports::StoreError> {
-        Ok(Vec::new())
-    }
-    fn presence(&self, _: &RoomId, _: PresenceEvent, _: &UserName, _: &ConnectionId) {}
-    fn signal(&self, _: &RoomId, _: &str, _: Option<&ConnectionId>) {}
-}
-
-impl LocalConnections for NoHub {
-    fn post(&self, _: &ConnectionId, _: String) -> Result<(), PostError> {
-        Err(PostError::Gone)
-    }
-    fn describe(&self, _: &ConnectionId) -> Option<ConnectionDescription> {
-        None
-    }
-    fn close(&self, _: &ConnectionId, _: u16, _: &str) -> bool {
-        false
-    }
-}
 
 /// A fresh cluster store: every case gets its own stream prefix on the one server.
 async fn open(url: &str, listener: Arc<dyn CommitListener>) -> Stores {
-    let hub = Arc::new(NoHub);
+    let hub = Arc::new(common::NoHub);
     let mut config = NatsConfig::new(url);
     config.prefix = format!("T{}", dynamowave_core::types::random_token(8));
     let fanout = Fanout {
