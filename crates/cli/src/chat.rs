@@ -4,8 +4,9 @@
 //! and understands `/join R`, `/leave R`, `/history [N]`, `/members`, `/edit SEQ TEXT`,
 //! `/delete SEQ`, `/react SEQ EMOJI`, `/unreact SEQ EMOJI`, `/read`, `/quit`. Edits,
 //! deletions and reactions print as lines of their own (`[#room 7] ann edited 3: ...`); read
-//! receipts and typing notices are shown on stderr in a terminal. Sending a line marks the room
-//! read through the newest entry shown. When the
+//! receipts and typing notices are shown on stderr in a terminal. In a terminal, sending a line
+//! marks the room read through the newest entry shown (when that moved it); a script marks
+//! only with `/read`. When the
 //! connection drops it reconnects with exponential backoff and jitter, rejoins every room with
 //! `after: <last seq seen>` (so nothing is missed or printed twice) and resends every message
 //! not yet acked with its same id (the server deduplicates).
@@ -59,6 +60,8 @@ struct State {
     awaiting: usize,
     /// The highest seq acked to us per room: a script exits only after printing up to it.
     acked: HashMap<String, u64>,
+    /// The read mark last sent per room (a mark is sent only when it moves).
+    marked: HashMap<String, u64>,
 }
 
 impl State {
@@ -99,6 +102,7 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
         connected_once: false,
         awaiting: 0,
         acked: HashMap::new(),
+        marked: HashMap::new(),
     };
     let mut input = BufReader::new(tokio::io::stdin()).lines();
     let mut attempt = 0u32;
@@ -270,19 +274,22 @@ async fn on_line(
                 .pending
                 .insert(id.clone(), (state.current.clone(), line.to_owned()));
             client.send_message(&state.current, line, &id).await?;
-            // Typing a reply means what was shown has been read.
-            mark_read(client, state).await?;
+            // A person typing a reply has read what was shown; a script has not.
+            if !state.scripted {
+                mark_read(client, state).await?;
+            }
         }
     }
     Ok(None)
 }
 
 /// Marks the current room read through the newest entry shown (nothing shown: nothing to do).
-async fn mark_read(client: &mut Client, state: &State) -> anyhow::Result<()> {
+async fn mark_read(client: &mut Client, state: &mut State) -> anyhow::Result<()> {
     if let Some(&Some(last)) = state.rooms.get(&state.current)
-        && last > 0
+        && last > state.marked.get(&state.current).copied().unwrap_or(0)
     {
         client.read(&state.current, last).await?;
+        state.marked.insert(state.current.clone(), last);
     }
     Ok(())
 }
