@@ -65,9 +65,10 @@ export AWS_SECRET_ACCESS_KEY="${AWS_SECRET_ACCESS_KEY:-local}"
 export CONNECTIONS_TABLE="${CONNECTIONS_TABLE:-dynamowave-connections}"
 export MESSAGES_TABLE="${MESSAGES_TABLE:-dynamowave-messages}"
 export MESSAGE_IDS_TABLE="${MESSAGE_IDS_TABLE:-dynamowave-message-ids}"
+export READ_POSITIONS_TABLE="${READ_POSITIONS_TABLE:-dynamowave-read-positions}"
 DLQ_URL=$("$target_dir/dynamowave-aws" create-tables --dlq dynamowave-dlq)
 export DLQ_URL
-echo "== moto (DynamoDB, SQS) on $AWS_ENDPOINT_URL; tables $CONNECTIONS_TABLE, $MESSAGES_TABLE, $MESSAGE_IDS_TABLE; DLQ_URL=$DLQ_URL" >&2
+echo "== moto (DynamoDB, SQS) on $AWS_ENDPOINT_URL; tables $CONNECTIONS_TABLE, $MESSAGES_TABLE, $MESSAGE_IDS_TABLE, $READ_POSITIONS_TABLE; DLQ_URL=$DLQ_URL" >&2
 # One line a script can read (the end-to-end test does): the environment dynamowave-aws needs.
 echo "== env: AWS_ENDPOINT_URL=$AWS_ENDPOINT_URL AWS_REGION=$AWS_REGION AWS_ACCESS_KEY_ID=$AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY=$AWS_SECRET_ACCESS_KEY DLQ_URL=$DLQ_URL" >&2
 echo "== in another shell, with that environment: $target_dir/dynamowave-aws dlq list" >&2

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use common::{Moto, fresh_tables};
 use dynamowave_core::conformance::{self, RecordingListener};
 use dynamowave_core::ports::{
-    CommitListener, ConnectionRecord, ConnectionStore, MessageLog, NewMessage, NoListener,
+    CommitListener, ConnectionRecord, ConnectionStore, MessageLog, NewEvent, NewMessage, NoListener,
 };
-use dynamowave_core::protocol::{HistoryQuery, Mode};
+use dynamowave_core::protocol::{EntryEvent, HistoryQuery, Mode};
 use dynamowave_core::types::{ConnectionId, RoomId, Seq, UserName};
 use dynamowave_lambda::dynamo::{DynamoStore, RoomMember, create_tables};
 
@@ -26,6 +26,16 @@ async fn message_log_conforms() {
     let Some(moto) = Moto::start() else { return };
     let moto = &moto;
     conformance::message_log(|listener| async move {
+        Arc::new(store(moto, listener).await) as Arc<dyn MessageLog>
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn events_conform() {
+    let Some(moto) = Moto::start() else { return };
+    let moto = &moto;
+    conformance::events(|listener| async move {
         Arc::new(store(moto, listener).await) as Arc<dyn MessageLog>
     })
     .await;
@@ -169,6 +179,47 @@ async fn every_query_and_scan_reads_all_pages() {
         assert!(members.is_empty(), "$disconnect left {r}");
     }
     assert_eq!(store.purge_stale().await.unwrap(), 19);
+    // Read positions are a Query of the room's partition, paged the same way.
+    let log = RoomId::parse("log").unwrap();
+    for i in 0..3 {
+        store
+            .append(conformance::msg("log", "ann", &format!("m{i}"), "x"))
+            .await
+            .unwrap();
+    }
+    for i in 0..10 {
+        let u = UserName::parse(&format!("u{i}")).unwrap();
+        store.mark_read(&log, &u, Seq(1 + i % 3)).await.unwrap();
+    }
+    assert_eq!(store.read_positions(&log).await.unwrap().len(), 10);
+    // History and replay page past event entries and tombstones, 3 items at a time.
+    for i in 0..7 {
+        store
+            .append(conformance::event(
+                "log",
+                "bob",
+                &format!("r{i}"),
+                "",
+                conformance::react(2, "👍", i % 2 == 0),
+            ))
+            .await
+            .unwrap();
+    }
+    let page = store
+        .read(&log, HistoryQuery::Latest { limit: 3 })
+        .await
+        .unwrap();
+    assert_eq!(
+        page.messages.iter().map(|m| m.seq.0).collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
+    assert!(!page.more);
+    assert_eq!(
+        page.messages[1].reactions,
+        conformance::counts(&[("👍", 1)])
+    );
+    let replay = store.read_entries(&log, Seq(0), 100).await.unwrap();
+    assert_eq!(replay.messages.len(), 10);
 }
 
 #[tokio::test]
@@ -245,4 +296,95 @@ async fn writers_in_two_processes_share_one_gap_free_sequence() {
         .await
         .unwrap();
     assert!(again.duplicate);
+}
+
+#[tokio::test]
+async fn events_from_two_processes_on_one_message_lose_no_update() {
+    let Some(moto) = Moto::start() else { return };
+    let client = moto.dynamodb().await;
+    let tables = fresh_tables();
+    create_tables(&client, &tables).await.unwrap();
+    // Two stores on the same tables: their room locks do not see each other, so only the
+    // conditions on the head and on the message's `rev` keep the reactions and edits apart.
+    let stores: Vec<DynamoStore> = (0..2)
+        .map(|_| DynamoStore::new(client.clone(), tables.clone(), Arc::new(NoListener)))
+        .collect();
+    let room = RoomId::parse("race").unwrap();
+    stores[0]
+        .append(conformance::msg("race", "ann", "m1", "v0"))
+        .await
+        .unwrap();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (w, store) in stores.iter().enumerate() {
+        for t in 0..4 {
+            let store = store.clone();
+            tasks.spawn(async move {
+                let mut seqs = Vec::new();
+                for i in 0..5 {
+                    let user = format!("u{w}{t}{i}");
+                    let r = store
+                        .append(conformance::event(
+                            "race",
+                            &user,
+                            "r",
+                            "",
+                            conformance::react(1, "👍", true),
+                        ))
+                        .await
+                        .unwrap();
+                    seqs.push(r.message.seq.0);
+                    // The author edits in between, from both processes.
+                    if t == 0 {
+                        let e = store
+                            .append(conformance::event(
+                                "race",
+                                "ann",
+                                &format!("e{w}{i}"),
+                                &format!("v{w}{i}"),
+                                NewEvent::Edit { target: Seq(1) },
+                            ))
+                            .await
+                            .unwrap();
+                        seqs.push(e.message.seq.0);
+                    }
+                }
+                seqs
+            });
+        }
+    }
+    let mut all: Vec<u64> = tasks.join_all().await.into_iter().flatten().collect();
+    all.sort_unstable();
+    assert_eq!(all, (2..=51).collect::<Vec<_>>(), "no gap, no reuse");
+    let page = stores[1]
+        .read(&room, HistoryQuery::Latest { limit: 10 })
+        .await
+        .unwrap();
+    assert_eq!(page.messages.len(), 1);
+    let m = &page.messages[0];
+    assert_eq!(
+        m.reactions,
+        conformance::counts(&[("👍", 40)]),
+        "every reaction counted"
+    );
+    // The text is the last edit's, the one with the highest seq.
+    let entries = stores[0].read_entries(&room, Seq(1), 100).await.unwrap();
+    assert_eq!(entries.messages.len(), 50);
+    let last_edit = entries
+        .messages
+        .iter()
+        .rev()
+        .find(|e| matches!(e.event.as_deref(), Some(EntryEvent::Edit { .. })))
+        .unwrap();
+    assert_eq!(m.data, last_edit.data);
+    assert_eq!(m.edited_at, Some(last_edit.ts));
+    // Each reaction entry carries the counts just after it: they rise one by one in seq order.
+    let counts: Vec<u64> = entries
+        .messages
+        .iter()
+        .filter_map(|e| match e.event.as_deref() {
+            Some(EntryEvent::Reaction { counts, .. }) => Some(counts["👍"]),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(counts, (1..=40).collect::<Vec<_>>());
 }

@@ -141,8 +141,21 @@ fn event(kind: &str, id: &str, body: Option<&str>, headers: Value, query: Value)
         (_, Some(b)) => serde_json::from_str::<Value>(b)
             .ok()
             .and_then(|v| v["action"].as_str().map(str::to_owned))
+            // The template's routes; anything else is `$default` (the same binary either way).
             .filter(|a| {
-                ["sendmessage", "join", "leave", "history", "members"].contains(&a.as_str())
+                [
+                    "sendmessage",
+                    "join",
+                    "leave",
+                    "history",
+                    "members",
+                    "edit",
+                    "delete",
+                    "react",
+                    "read",
+                    "typing",
+                ]
+                .contains(&a.as_str())
             })
             .unwrap_or_else(|| "$default".to_owned()),
         _ => "$default".to_owned(),
@@ -389,6 +402,135 @@ async fn v1_clients_join_send_with_acks_and_resume() {
         (at_d[0]["event"].as_str(), at_d[0]["user"].as_str()),
         (Some("left"), Some("cat"))
     );
+}
+
+#[tokio::test]
+async fn edits_reactions_deletions_read_marks_and_typing_through_the_handler() {
+    let Some(s) = shape(None).await else { return };
+    let (a, b) = ("FFFFFFFFFFFFFFF=", "GGGGGGGGGGGGGGG=");
+    s.connect(a, "ann", true).await;
+    s.connect(b, "bob", true).await;
+    s.frame(a, r#"{"action":"join","room":"lobby"}"#).await;
+    s.frame(b, r#"{"action":"join","room":"lobby"}"#).await;
+    s.frame(
+        a,
+        r#"{"action":"sendmessage","room":"lobby","data":"helo","id":"m1"}"#,
+    )
+    .await;
+    s.connections.take(a);
+    s.connections.take(b);
+
+    // An edit is an entry: acked with its own seq, delivered to the room as `edited`.
+    s.frame(
+        a,
+        r#"{"action":"edit","room":"lobby","seq":1,"data":"hello","id":"e1"}"#,
+    )
+    .await;
+    let at_a = s.connections.json(a);
+    assert_eq!(
+        (at_a[0]["type"].as_str(), at_a[0]["seq"].as_u64()),
+        (Some("ack"), Some(2))
+    );
+    let at_b = s.connections.json(b);
+    assert_eq!(at_b.len(), 1);
+    assert_eq!(
+        (
+            at_b[0]["type"].as_str(),
+            at_b[0]["seq"].as_u64(),
+            at_b[0]["eventSeq"].as_u64(),
+            at_b[0]["data"].as_str()
+        ),
+        (Some("edited"), Some(1), Some(2), Some("hello"))
+    );
+    // Only the author may edit: refused with the store's words, nothing stored.
+    s.frame(
+        b,
+        r#"{"action":"edit","room":"lobby","seq":1,"data":"mine","id":"e2"}"#,
+    )
+    .await;
+    let refused = s.connections.json(b);
+    assert_eq!(refused[0]["code"], "forbidden", "{refused:?}");
+    assert!(s.connections.take(a).is_empty());
+
+    // A reaction carries the counts after it.
+    s.frame(
+        b,
+        r#"{"action":"react","room":"lobby","seq":1,"emoji":"👍","id":"r1"}"#,
+    )
+    .await;
+    let at_a = s.connections.json(a);
+    assert_eq!(at_a[0]["type"], "reaction");
+    assert_eq!(at_a[0]["counts"], json!({"👍": 1}));
+    assert_eq!(at_a[0]["eventSeq"], 3);
+    s.connections.take(b);
+
+    // Read marks: stored, told to the room, moving forward only.
+    s.frame(b, r#"{"action":"read","room":"lobby","seq":3}"#)
+        .await;
+    let at_a = s.connections.json(a);
+    assert_eq!(
+        at_a[0],
+        json!({"type":"read","room":"lobby","user":"bob","seq":3})
+    );
+    s.connections.take(b);
+    s.frame(b, r#"{"action":"read","room":"lobby","seq":9}"#)
+        .await;
+    assert_eq!(
+        s.connections.json(b)[0]["code"],
+        "bad_request",
+        "past the head"
+    );
+    s.frame(b, r#"{"action":"members","room":"lobby"}"#).await;
+    let members = &s.connections.json(b)[0]["members"];
+    let bob = members
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["user"] == "bob")
+        .unwrap();
+    assert_eq!(bob["lastRead"], 3);
+
+    // Typing reaches the others, is not stored.
+    s.frame(b, r#"{"action":"typing","room":"lobby"}"#).await;
+    assert_eq!(
+        s.connections.json(a)[0],
+        json!({"type":"typing","room":"lobby","user":"bob"})
+    );
+    assert!(s.connections.take(b).is_empty(), "no reply to typing");
+
+    // History shows the message as it is now; a deletion takes it out.
+    s.frame(b, r#"{"action":"history","room":"lobby"}"#).await;
+    let h = &s.connections.json(b)[0];
+    assert_eq!(h["messages"].as_array().unwrap().len(), 1);
+    assert_eq!(h["messages"][0]["data"], "hello");
+    assert!(h["messages"][0]["editedAt"].as_u64().is_some());
+    assert_eq!(h["messages"][0]["reactions"], json!({"👍": 1}));
+    s.frame(a, r#"{"action":"delete","room":"lobby","seq":1,"id":"d1"}"#)
+        .await;
+    assert_eq!(
+        s.connections.json(b)[0],
+        json!({"type":"deleted","room":"lobby","seq":1,"eventSeq":4})
+    );
+    s.connections.take(a);
+    s.frame(b, r#"{"action":"history","room":"lobby"}"#).await;
+    assert_eq!(
+        s.connections.json(b)[0]["messages"],
+        json!([]),
+        "history holds messages only, deleted ones skipped"
+    );
+
+    // Resume replays the event entries in seq order; lastRead comes with `joined`.
+    let c = "HHHHHHHHHHHHHHH=";
+    s.connect(c, "bob", true).await;
+    s.frame(c, r#"{"action":"join","room":"lobby","after":0}"#)
+        .await;
+    let got = s.connections.json(c);
+    let kinds: Vec<&str> = got.iter().map(|f| f["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        ["connected", "joined", "edited", "reaction", "deleted"]
+    );
+    assert_eq!(got[1]["lastRead"], 3);
 }
 
 #[tokio::test]

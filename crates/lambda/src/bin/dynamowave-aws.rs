@@ -1,7 +1,7 @@
 //! `dynamowave-aws`: the operator's tools for the AWS shape. Region, credentials and
 //! `AWS_ENDPOINT_URL` (an emulator) come from the environment, as for every AWS tool; the table
-//! names from `CONNECTIONS_TABLE`, `MESSAGES_TABLE`, `MESSAGE_IDS_TABLE` and the queue from
-//! `DLQ_URL`, as the functions read them.
+//! names from `CONNECTIONS_TABLE`, `MESSAGES_TABLE`, `MESSAGE_IDS_TABLE` and
+//! `READ_POSITIONS_TABLE`, and the queue from `DLQ_URL`, as the functions read them.
 
 use clap::{Parser, Subcommand};
 use dynamowave_core::ports::{ConnectionStore, NoListener};
@@ -22,7 +22,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Create the three tables as deploy/aws/template.yaml does (for an emulator or a test
+    /// Create the four tables as deploy/aws/template.yaml does (for an emulator or a test
     /// account; the template creates them on AWS), and with --dlq the dead-letter queue.
     CreateTables {
         /// Also create this SQS queue and print its URL (the value for DLQ_URL).
@@ -78,8 +78,8 @@ async fn main() -> anyhow::Result<()> {
             let tables = Tables::from_env();
             create_tables(&aws_sdk_dynamodb::Client::new(&sdk), &tables).await?;
             eprintln!(
-                "tables ready: {}, {}, {}",
-                tables.connections, tables.messages, tables.message_ids
+                "tables ready: {}, {}, {}, {}",
+                tables.connections, tables.messages, tables.message_ids, tables.read_positions
             );
             if let Some(name) = dlq {
                 let out = aws_sdk_sqs::Client::new(&sdk)

@@ -1,5 +1,5 @@
 //! The DynamoDB store: the core's [`MessageLog`](dynamowave_core::ports::MessageLog) and
-//! [`ConnectionStore`](dynamowave_core::ports::ConnectionStore) on three tables.
+//! [`ConnectionStore`](dynamowave_core::ports::ConnectionStore) on four tables.
 //!
 //! # Layout
 //!
@@ -8,7 +8,9 @@
 //! - `connections.rs`: the connections table, with a room index so a room's members are one
 //!   Query (the original scans the whole table per message).
 //! - `log.rs`: the room logs: per-room seqs with no gap and no reuse under concurrent writers
-//!   (one transaction per append, conditional on the head), idempotent by `(room, user, id)`.
+//!   (one transaction per append, conditional on the head), idempotent by `(room, user, id)`;
+//!   edits, deletions and reactions (event entries, in the same transaction as the change to
+//!   the message they name); read positions.
 //!
 //! # Items
 //!
@@ -21,9 +23,16 @@
 //! | `r#{room}` | `{connectionId}` | the room index: user and mode of each member, for the fan-out |
 //!
 //! Messages (`room` + `seq`): the item with seq 0 holds the room's `head`; seq 1.. are the
-//! messages, a deleted one keeps its item with `deletedAt` (a tombstone).
+//! room's entries:
+//!
+//! | entry | attributes |
+//! |---|---|
+//! | a message | `id`, `user`, `data`, `ts`; as it is now: `editedAt` (and the edited `data`), `deletedAt` (a tombstone, the item stays), `reactions` (map emoji -> string set of users), `rev` (bumped by every event, the condition of the next) |
+//! | an event entry | `id`, `user`, `data`, `ts`, `kind` (`edit`, `delete`, `reaction`), `target` (the message's seq); a reaction also `emoji`, `on` and `counts` (map emoji -> count just after it) |
 //!
 //! MessageIds (`key` = room, user and id joined by U+001F): the seq an id was committed as.
+//!
+//! ReadPositions (`room` + `user`): how far the user has read the room (`seq`, `updatedAt`).
 
 mod connections;
 mod log;
@@ -47,12 +56,13 @@ pub use connections::{RoomMember, StoredConnection};
 /// ran (a crashed invocation), DynamoDB's TTL removes the row and its room index entries.
 pub const CONNECTION_TTL_SECS: u64 = 2 * 3600 + 600;
 
-/// The three table names, as the template names them and passes them to the functions.
+/// The four table names, as the template names them and passes them to the functions.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Tables {
     pub connections: String,
     pub messages: String,
     pub message_ids: String,
+    pub read_positions: String,
 }
 
 impl Default for Tables {
@@ -61,13 +71,14 @@ impl Default for Tables {
             connections: "dynamowave-connections".into(),
             messages: "dynamowave-messages".into(),
             message_ids: "dynamowave-message-ids".into(),
+            read_positions: "dynamowave-read-positions".into(),
         }
     }
 }
 
 impl Tables {
-    /// `CONNECTIONS_TABLE`, `MESSAGES_TABLE`, `MESSAGE_IDS_TABLE`, each defaulting to
-    /// [`Tables::default`]'s name.
+    /// `CONNECTIONS_TABLE`, `MESSAGES_TABLE`, `MESSAGE_IDS_TABLE`, `READ_POSITIONS_TABLE`,
+    /// each defaulting to [`Tables::default`]'s name.
     pub fn from_env() -> Self {
         let d = Tables::default();
         let var = |name: &str, default: String| std::env::var(name).unwrap_or(default);
@@ -75,6 +86,7 @@ impl Tables {
             connections: var("CONNECTIONS_TABLE", d.connections),
             messages: var("MESSAGES_TABLE", d.messages),
             message_ids: var("MESSAGE_IDS_TABLE", d.message_ids),
+            read_positions: var("READ_POSITIONS_TABLE", d.read_positions),
         }
     }
 
@@ -85,6 +97,7 @@ impl Tables {
             connections: format!("{prefix}{}", d.connections),
             messages: format!("{prefix}{}", d.messages),
             message_ids: format!("{prefix}{}", d.message_ids),
+            read_positions: format!("{prefix}{}", d.read_positions),
         }
     }
 }
@@ -150,7 +163,7 @@ pub async fn client_from_env() -> Client {
     Client::new(&aws_config::load_from_env().await)
 }
 
-/// Creates the three tables as deploy/aws/template.yaml does (on-demand, TTL on the
+/// Creates the four tables as deploy/aws/template.yaml does (on-demand, TTL on the
 /// connections table) and waits until they are active. Tables that exist are left alone.
 pub async fn create_tables(client: &Client, tables: &Tables) -> Result<(), StoreError> {
     let key = |name: &str, kind: KeyType| {
@@ -185,6 +198,11 @@ pub async fn create_tables(client: &Client, tables: &Tables) -> Result<(), Store
             vec![key("key", Hash)?],
             vec![attr("key", S)?],
         ),
+        (
+            &tables.read_positions,
+            vec![key("room", Hash)?, key("user", Range)?],
+            vec![attr("room", S)?, attr("user", S)?],
+        ),
     ];
     for (name, keys, attrs) in specs {
         let created = client
@@ -203,7 +221,12 @@ pub async fn create_tables(client: &Client, tables: &Tables) -> Result<(), Store
             Err(e) => return Err(backend("CreateTable", e)),
         }
     }
-    for name in [&tables.connections, &tables.messages, &tables.message_ids] {
+    for name in [
+        &tables.connections,
+        &tables.messages,
+        &tables.message_ids,
+        &tables.read_positions,
+    ] {
         wait_active(client, name).await?;
     }
     let ttl = TimeToLiveSpecification::builder()
