@@ -23,6 +23,8 @@
 #   DYNAMOWAVE_BENCH_CACHE   where the Python venv lives (default ~/.cache/dynamowave/bench)
 #   PYTHON_IDLE_CONNECTIONS  connections for the Python peer's idle points (default: as listed)
 #   BENCH_PAUSE              seconds between points (default 2)
+#   DYNAMOWAVE_EXTRA_ARGS    more `dynamowave serve` arguments, e.g. '--webhook-url http://127.0.0.1:9000/'
+#                            to measure the cost of webhooks (split on spaces)
 #
 # Traffic goes to 127.0.0.1 only. The load generator runs on this machine too and shares its
 # cores with the server under test.
@@ -248,7 +250,9 @@ start_server() {
     SERVER_LOG="$RESULTS/$STAMP-$name.server.log"
     case $name in
         dynamowave)
-            cmd=("$DW_BIN" serve --messages-per-second 0 --max-connections 0 --listen "127.0.0.1:$port" --data-dir "$(mktemp -d "$WORK/dynamowave-data.XXXXXX")") ;;
+            cmd=("$DW_BIN" serve --messages-per-second 0 --max-connections 0 --listen "127.0.0.1:$port" --data-dir "$(mktemp -d "$WORK/dynamowave-data.XXXXXX")")
+            # shellcheck disable=SC2206 # split on purpose: a list of arguments
+            if [ -n "${DYNAMOWAVE_EXTRA_ARGS:-}" ]; then cmd+=(${DYNAMOWAVE_EXTRA_ARGS}); fi ;;
         uwebsockets) cmd=(env "PORT=$port" node bench/peers/uwebsockets/server.js) ;;
         axum-broadcast) cmd=(env "PORT=$port" "$AXUM_BIN") ;;
         node-ws) cmd=(env "PORT=$port" node bench/peers/node-ws/server.js) ;;
