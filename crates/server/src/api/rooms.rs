@@ -149,7 +149,7 @@ pub async fn delete_message(
                 return Ok(deleted(&room, seq, done.message.ts, done.duplicate));
             }
             // The author had used that id for something else, the message was deleted in
-            // between, or the store keeps no event entries (the AWS shape): the tombstone
+            // between, or the store keeps no event entries: the tombstone
             // below still deletes it, or says when it was.
             Ok(_) | Err(StoreError::Refused(_)) => {}
             Err(e) => return Err(e.into()),
