@@ -460,6 +460,7 @@ fn backend(config: &ServerConfig) -> (Box<dyn Backend>, String) {
             nats.id_ttl = Duration::from_secs(cl.id_ttl_s);
             nats.duplicate_window = Duration::from_secs(cl.duplicate_window_s);
             nats.node_ttl = Duration::from_secs(cl.node_ttl_s);
+            nats.webhooks = config.hooks.webhook_url.is_some();
             let text = format!("cluster node {} on {url}", nats.node_id);
             (Box::new(NatsBackend::new(nats)), text)
         }

@@ -6,6 +6,8 @@ mod common;
 mod nats;
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::ServerProcess;
@@ -708,4 +710,124 @@ async fn next_of(c: &mut Client, want: fn(&ServerFrame) -> bool) -> ServerFrame 
             return frame;
         }
     }
+}
+
+/// A webhook receiver that answers 503 to its first `fail_first` POSTs, then 204; it keeps
+/// every event it took.
+async fn webhook_receiver(fail_first: usize) -> (String, Arc<Mutex<Vec<Value>>>, Arc<AtomicUsize>) {
+    use axum::http::StatusCode;
+    let taken: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let posts = Arc::new(AtomicUsize::new(0));
+    let (t, p) = (taken.clone(), posts.clone());
+    let app = axum::Router::new().route(
+        "/events",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let (taken, posts) = (t.clone(), p.clone());
+            async move {
+                if posts.fetch_add(1, Ordering::SeqCst) < fail_first {
+                    return StatusCode::SERVICE_UNAVAILABLE;
+                }
+                let batch: Value = serde_json::from_slice(&body).unwrap();
+                taken
+                    .lock()
+                    .unwrap()
+                    .extend(batch["events"].as_array().unwrap().iter().cloned());
+                StatusCode::NO_CONTENT
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/events", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, taken, posts)
+}
+
+/// Webhooks in a cluster: entries written on two nodes reach the backend once each by id (the
+/// outbox is in the stream, each entry's event in the entry's batch), in commit order, with the
+/// room's seqs gap-free, though the backend refused the first POSTs; connections' events too.
+#[tokio::test]
+async fn webhooks_deliver_both_nodes_events_in_commit_order() {
+    let Some(nats) = nats::NatsServer::start() else {
+        return;
+    };
+    let (hook_url, taken, posts) = webhook_receiver(3).await;
+    let dir = tempfile::tempdir().unwrap();
+    let url = nats.url();
+    let extra = ["--webhook-url", hook_url.as_str()];
+    let (a, b) = (node(&dir, &url, "a", &extra), node(&dir, &url, "b", &extra));
+    let mut alice = joined(&a, "alice", "general", None).await;
+    let mut bob = joined(&b, "bob", "general", None).await;
+    for i in 0..5 {
+        alice
+            .send_message("general", &format!("a{i}"), &format!("a{i}"))
+            .await
+            .unwrap();
+        assert!(matches!(
+            ack_or_error(&mut alice).await,
+            ServerFrame::Ack { .. }
+        ));
+        bob.send_message("general", &format!("b{i}"), &format!("b{i}"))
+            .await
+            .unwrap();
+        assert!(matches!(
+            ack_or_error(&mut bob).await,
+            ServerFrame::Ack { .. }
+        ));
+    }
+    alice.edit("general", 1, "a0 (edited)", "e1").await.unwrap();
+    assert!(matches!(
+        ack_or_error(&mut alice).await,
+        ServerFrame::Ack { .. }
+    ));
+    bob.react("general", 1, "👍", true, "r1").await.unwrap();
+    assert!(matches!(
+        ack_or_error(&mut bob).await,
+        ServerFrame::Ack { .. }
+    ));
+    bob.close().await.unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let events = loop {
+        // Once each by id, in the order first taken.
+        let mut seen = BTreeSet::new();
+        let events: Vec<Value> = taken
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| seen.insert(e["id"].as_u64().unwrap()))
+            .cloned()
+            .collect();
+        if events.iter().any(|e| e["event"] == "disconnect") {
+            break events;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "webhook events so far: {events:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        posts.load(Ordering::SeqCst) > 3,
+        "refused POSTs were retried"
+    );
+    let ids: Vec<u64> = events.iter().map(|e| e["id"].as_u64().unwrap()).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "commit order: {ids:?}");
+    let entry_seqs: Vec<u64> = events
+        .iter()
+        .filter_map(|e| match e["event"].as_str().unwrap() {
+            "message" => e["seq"].as_u64(),
+            "edit" | "reaction" | "delete" => e["eventSeq"].as_u64(),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(entry_seqs, (1..=12).collect::<Vec<_>>(), "{events:#?}");
+    let count = |kind: &str| events.iter().filter(|e| e["event"] == kind).count();
+    assert_eq!(
+        (count("connect"), count("join"), count("disconnect")),
+        (2, 2, 1),
+        "{events:#?}"
+    );
+    let reaction = events.iter().find(|e| e["event"] == "reaction").unwrap();
+    assert_eq!(reaction["counts"]["👍"], 1);
+    let _ = (a, b, alice);
 }

@@ -404,11 +404,6 @@ impl ServerConfig {
                 "webhook-url must be an http:// URL (put the backend next to the server, or a TLS-terminating proxy in front of it)",
             );
         }
-        if self.hooks.webhook_url.is_some() && self.cluster.url.is_some() {
-            return bad(
-                "webhook-url is not supported with --cluster yet: the cluster store has no outbox to queue events in its commits (run webhooks on a single node)",
-            );
-        }
         if self.hooks.webhook_timeout_ms == 0
             || self.hooks.webhook_batch_max == 0
             || self.hooks.webhook_max_attempts == 0

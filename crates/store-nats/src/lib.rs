@@ -16,6 +16,8 @@
 //! - [`peers`]: `@connections` requests to the node that holds the connection.
 //! - [`dead_letters`]: the dead-letter queue in the `DW_DEADLETTERS` KV bucket.
 //! - [`signals`]: read receipts and typing notices to every node's members (core NATS).
+//! - [`webhooks`]: the webhook outbox (`dw.hook.>` in the messages stream) and the lease that
+//!   makes one node at a time deliver it.
 //!
 //! Needs nats-server 2.12 or newer: per-key TTL (2.11) and atomic batch publish (2.12).
 
@@ -25,6 +27,7 @@ pub mod names;
 pub mod peers;
 pub mod presence;
 pub mod signals;
+pub mod webhooks;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -33,13 +36,14 @@ use std::time::Duration;
 use async_nats::jetstream::{self, kv, stream};
 use async_trait::async_trait;
 pub use dynamowave_core::ports::StoreError;
-use dynamowave_core::ports::{Backend, Fanout, OpenError, StoreLifecycle, Stores};
+use dynamowave_core::ports::{Backend, Fanout, OpenError, StoreLifecycle, Stores, WebhookOutbox};
 use dynamowave_core::types::random_token;
 
 use crate::dead_letters::KvDeadLetters;
 use crate::log::JetStreamLog;
 use crate::names::Names;
 use crate::presence::{ClusterRooms, Presence};
+use crate::webhooks::{HookEvents, StreamOutbox};
 
 /// How to reach NATS and shape the cluster's streams.
 #[derive(Clone, Debug)]
@@ -69,6 +73,8 @@ pub struct NatsConfig {
     pub node_ttl: Duration,
     /// How long a JetStream request (publish ack, get) may take before it fails.
     pub request_timeout: Duration,
+    /// Queue the product's backend's events (`--webhook-url`): [`webhooks`].
+    pub webhooks: bool,
 }
 
 impl NatsConfig {
@@ -89,6 +95,7 @@ impl NatsConfig {
             duplicate_window: Duration::from_secs(120),
             node_ttl: Duration::from_secs(15),
             request_timeout: Duration::from_secs(2),
+            webhooks: false,
         }
     }
 }
@@ -244,7 +251,11 @@ impl Backend for NatsBackend {
         let stream_config = stream::Config {
             name: names.messages_stream(),
             description: Some("DynamoWave room logs: dw.msg.<room>.<seq>".into()),
-            subjects: vec![names.all_messages(), format!("{}.probe.>", names.root)],
+            subjects: vec![
+                names.all_messages(),
+                format!("{}.probe.>", names.root),
+                names.all_hooks(),
+            ],
             storage: stream::StorageType::File,
             num_replicas: c.replicas,
             // Entry n of a room is alone on its subject; a tombstone replaces it.
@@ -332,6 +343,7 @@ impl Backend for NatsBackend {
             ids,
             read_positions,
             names.clone(),
+            c.webhooks,
         ));
         let presence = Arc::new(Presence::new(
             js.clone(),
@@ -340,6 +352,8 @@ impl Backend for NatsBackend {
             c.node_id.clone(),
             c.node_ttl,
             fanout.rooms.clone(),
+            c.webhooks
+                .then(|| HookEvents::new(js.clone(), names.clone(), c.node_id.clone())),
         ));
         presence
             .heartbeat()
@@ -365,6 +379,29 @@ impl Backend for NatsBackend {
             c.node_id.clone(),
             fanout.rooms.clone(),
         ));
+        let outbox: Option<Arc<dyn WebhookOutbox>> = if c.webhooks {
+            let lease = js
+                .create_or_update_key_value(kv::Config {
+                    bucket: names.webhooks_bucket(),
+                    description: "DynamoWave: which node delivers webhooks, and until when".into(),
+                    history: 1,
+                    num_replicas: c.replicas,
+                    storage: stream::StorageType::File,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| unsupported("creating the webhook lease bucket", &e))?;
+            Some(Arc::new(StreamOutbox::new(
+                client.clone(),
+                stream.clone(),
+                names.clone(),
+                lease,
+                c.node_id.clone(),
+                c.node_ttl,
+            )))
+        } else {
+            None
+        };
         tracing::info!(node = %c.node_id, url = %c.url, "cluster node joined");
         let lifecycle = Arc::new(Lifecycle {
             js,
@@ -384,8 +421,7 @@ impl Backend for NatsBackend {
             dead_letters: Arc::new(KvDeadLetters::new(dead_letters)),
             lifecycle,
             peers: Some(Arc::new(peers::Peers::new(client, names, presence))),
-            // Webhooks need an outbox written in the commit; this shape has none yet.
-            outbox: None,
+            outbox,
         })
     }
 }

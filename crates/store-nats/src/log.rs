@@ -189,6 +189,8 @@ pub struct JetStreamLog {
     /// Read positions: `<room>.<user>` → seq.
     read_positions: kv::Store,
     names: Names,
+    /// Write each entry's webhook event in its batch (`dw.hook.<room>.<seq>`; crate::webhooks).
+    webhooks: bool,
     /// The newest seq this node knows committed, per room: where an append starts guessing.
     heads: Mutex<HashMap<RoomId, Seq>>,
     /// Appends to one room take turns on this node.
@@ -235,6 +237,29 @@ fn state_headers(
     headers
 }
 
+/// Entry `seq` of `m` as committed at `ts`.
+fn committed(m: &NewMessage, seq: Seq, ts: u64) -> ChatMessage {
+    ChatMessage::new(
+        m.room.clone(),
+        seq,
+        m.id.clone(),
+        m.user.clone(),
+        m.data.clone(),
+        ts,
+    )
+}
+
+/// The headers of a new entry: its idempotency key, "only if seq is free", who, which id, when.
+fn entry_headers(key: &str, m: &NewMessage, ts: u64) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(async_nats::header::NATS_MESSAGE_ID, key);
+    headers.insert(async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, "0");
+    headers.insert(names::USER, m.user.as_str());
+    headers.insert(names::ID, m.id.as_str());
+    headers.insert(names::TS, ts.to_string().as_str());
+    headers
+}
+
 /// The error code JetStream answered a publish with, if it did.
 fn jetstream_code(e: &PublishError) -> Option<async_nats::jetstream::ErrorCode> {
     let source = std::error::Error::source(e)?;
@@ -251,6 +276,7 @@ impl JetStreamLog {
         ids: kv::Store,
         read_positions: kv::Store,
         names: Names,
+        webhooks: bool,
     ) -> Self {
         JetStreamLog {
             client,
@@ -259,6 +285,7 @@ impl JetStreamLog {
             ids,
             read_positions,
             names,
+            webhooks,
             heads: Mutex::new(HashMap::new()),
             room_locks: Mutex::new(HashMap::new()),
             closed: AtomicBool::new(false),
@@ -471,34 +498,63 @@ impl JetStreamLog {
         Ok(found)
     }
 
-    /// Publishes `entry` and `rewrite` as one atomic batch (both stored or neither), and
-    /// returns the commit's ack.
-    async fn publish_pair(
+    /// Publishes `messages` as one atomic batch (all stored or none), and returns the commit's
+    /// ack.
+    async fn publish_batch(
         &self,
-        entry: (String, HeaderMap, Bytes),
-        rewrite: (String, HeaderMap, Bytes),
+        messages: Vec<(String, HeaderMap, Bytes)>,
     ) -> Result<PublishAckFuture, StoreError> {
         let batch = random_token(22);
-        let (subject, mut headers, body) = entry;
-        headers.insert(async_nats::header::NATS_BATCH_ID, batch.as_str());
-        headers.insert(async_nats::header::NATS_BATCH_SEQUENCE, "1");
-        // Only the commit is acked; an earlier batch message that JetStream refuses fails
-        // the commit, so it needs no reply of its own.
-        self.client
-            .publish_with_headers(subject, headers, body)
-            .await
-            .map_err(|e| backend("publishing an event entry", e))?;
-        let (subject, mut headers, body) = rewrite;
-        headers.insert(async_nats::header::NATS_BATCH_ID, batch.as_str());
-        headers.insert(async_nats::header::NATS_BATCH_SEQUENCE, "2");
-        headers.insert(
-            async_nats::header::NATS_BATCH_COMMIT,
-            async_nats::header::NATS_BATCH_COMMIT_FINAL,
-        );
-        self.js
-            .publish_with_headers(subject, headers, body)
-            .await
-            .map_err(|e| backend("publishing an event entry", e))
+        let count = messages.len();
+        for (i, (subject, mut headers, body)) in messages.into_iter().enumerate() {
+            headers.insert(async_nats::header::NATS_BATCH_ID, batch.as_str());
+            headers.insert(
+                async_nats::header::NATS_BATCH_SEQUENCE,
+                (i + 1).to_string().as_str(),
+            );
+            if i + 1 < count {
+                // Only the commit is acked; an earlier message that JetStream refuses fails
+                // the commit, so it needs no reply of its own.
+                self.client
+                    .publish_with_headers(subject, headers, body)
+                    .await
+                    .map_err(|e| backend("publishing a batch", e))?;
+            } else {
+                headers.insert(
+                    async_nats::header::NATS_BATCH_COMMIT,
+                    async_nats::header::NATS_BATCH_COMMIT_FINAL,
+                );
+                return self
+                    .js
+                    .publish_with_headers(subject, headers, body)
+                    .await
+                    .map_err(|e| backend("publishing a batch", e));
+            }
+        }
+        Err(StoreError::Backend("an empty batch".into()))
+    }
+
+    /// The original of an entry whose batch JetStream refused as a duplicate id (within the
+    /// duplicate window): its node writes the id index right after its ack.
+    async fn committed_before(&self, room: &RoomId, key: &str) -> Result<Appended, StoreError> {
+        for _ in 0..20 {
+            if let Some(seq) = self.indexed(key).await? {
+                return self.original(room, seq).await;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err(StoreError::Backend(format!(
+            "{key} was committed before but is not in the id index yet"
+        )))
+    }
+
+    /// The webhook event of `entry`, for its batch.
+    fn hook(&self, entry: &ChatMessage) -> (String, HeaderMap, Bytes) {
+        (
+            self.names.entry_hook(&entry.room, entry.seq),
+            HeaderMap::new(),
+            Bytes::from(dynamowave_core::webhook::entry(entry)),
+        )
     }
 
     /// Appends an edit, deletion or reaction: the entry and the rewrite of its target, in one
@@ -589,12 +645,7 @@ impl JetStreamLog {
                     }
                 }
             };
-            let mut headers = HeaderMap::new();
-            headers.insert(async_nats::header::NATS_MESSAGE_ID, key.as_str());
-            headers.insert(async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, "0");
-            headers.insert(names::USER, m.user.as_str());
-            headers.insert(names::ID, m.id.as_str());
-            headers.insert(names::TS, ts.to_string().as_str());
+            let mut headers = entry_headers(&key, &m, ts);
             headers.insert(
                 names::EVENT,
                 json_header(&StoredEvent::from(&done)).as_str(),
@@ -605,22 +656,25 @@ impl JetStreamLog {
                 async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
                 version.to_string().as_str(),
             );
+            let mut entry = committed(&m, seq, ts);
+            entry.event = Some(Box::new(done));
+            let mut batch = vec![
+                (
+                    self.names.message(&m.room, seq),
+                    headers,
+                    Bytes::from(m.data.clone()),
+                ),
+                (
+                    self.names.message(&m.room, target),
+                    rewrite,
+                    Bytes::from(now.data.clone()),
+                ),
+            ];
+            if self.webhooks {
+                batch.push(self.hook(&entry));
+            }
             let started = std::time::Instant::now();
-            let ack = self
-                .publish_pair(
-                    (
-                        self.names.message(&m.room, seq),
-                        headers,
-                        Bytes::from(m.data.clone()),
-                    ),
-                    (
-                        self.names.message(&m.room, target),
-                        rewrite,
-                        Bytes::from(now.data.clone()),
-                    ),
-                )
-                .await?
-                .await;
+            let ack = self.publish_batch(batch).await?.await;
             match ack {
                 Ok(_) => {
                     metrics::histogram!("dynamowave_store_commit_seconds")
@@ -628,8 +682,6 @@ impl JetStreamLog {
                     metrics::counter!("dynamowave_messages_acked_total").increment(1);
                     self.saw_head(&m.room, seq);
                     self.remember_id(&key, seq).await;
-                    let mut entry = ChatMessage::new(m.room, seq, m.id, m.user, m.data, ts);
-                    entry.event = Some(Box::new(done));
                     return Ok(Appended {
                         message: Arc::new(entry),
                         duplicate: false,
@@ -640,17 +692,7 @@ impl JetStreamLog {
                     head = self.newest(&m.room).await?.map_or(head, |(_, h)| h);
                 }
                 Err(e) if jetstream_code(&e) == Some(BATCH_DUPLICATE_ID) => {
-                    // Committed before, within the duplicate window; its node writes the id
-                    // index right after its ack.
-                    for _ in 0..20 {
-                        if let Some(seq) = self.indexed(&key).await? {
-                            return self.original(&m.room, seq).await;
-                        }
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                    return Err(StoreError::Backend(format!(
-                        "{key} was committed before but is not in the id index yet"
-                    )));
+                    return self.committed_before(&m.room, &key).await;
                 }
                 Err(e) => return Err(backend("committing an event entry", e)),
             }
@@ -687,19 +729,23 @@ impl MessageLog for JetStreamLog {
         let body = Bytes::from(m.data.clone());
         for _ in 0..MAX_RACES {
             let seq = head.next();
-            let mut headers = HeaderMap::new();
-            headers.insert(async_nats::header::NATS_MESSAGE_ID, key.as_str());
-            headers.insert(async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, "0");
-            headers.insert(names::USER, m.user.as_str());
-            headers.insert(names::ID, m.id.as_str());
-            headers.insert(names::TS, ts.to_string().as_str());
+            let headers = entry_headers(&key, &m, ts);
+            let message = committed(&m, seq, ts);
+            let subject = self.names.message(&m.room, seq);
             let started = std::time::Instant::now();
-            let ack = self
-                .js
-                .publish_with_headers(self.names.message(&m.room, seq), headers, body.clone())
-                .await
-                .map_err(|e| backend("publishing a message", e))?
-                .await;
+            let ack = if self.webhooks {
+                // The entry and its webhook event, both or neither.
+                let hook = self.hook(&message);
+                self.publish_batch(vec![(subject, headers, body.clone()), hook])
+                    .await?
+                    .await
+            } else {
+                self.js
+                    .publish_with_headers(subject, headers, body.clone())
+                    .await
+                    .map_err(|e| backend("publishing a message", e))?
+                    .await
+            };
             match ack {
                 Ok(ack) if ack.duplicate => {
                     // Within the duplicate window: JetStream names the original.
@@ -724,9 +770,8 @@ impl MessageLog for JetStreamLog {
                     metrics::counter!("dynamowave_messages_acked_total").increment(1);
                     self.saw_head(&m.room, seq);
                     self.remember_id(&key, seq).await;
-                    let message = Arc::new(ChatMessage::new(m.room, seq, m.id, m.user, m.data, ts));
                     return Ok(Appended {
-                        message,
+                        message: Arc::new(message),
                         duplicate: false,
                     });
                 }
@@ -734,6 +779,9 @@ impl MessageLog for JetStreamLog {
                     // Another node took `seq`: the head is at least that.
                     let read = self.newest(&m.room).await?.map_or(seq, |(_, h)| h);
                     head = read.max(seq);
+                }
+                Err(e) if jetstream_code(&e) == Some(BATCH_DUPLICATE_ID) => {
+                    return self.committed_before(&m.room, &key).await;
                 }
                 Err(e) => return Err(backend("committing a message", e)),
             }

@@ -82,6 +82,11 @@ impl Names {
         format!("{}_READ", self.prefix)
     }
 
+    /// The webhook dispatcher's lease (which node delivers).
+    pub fn webhooks_bucket(&self) -> String {
+        format!("{}_WEBHOOKS", self.prefix)
+    }
+
     pub fn dead_letters_bucket(&self) -> String {
         format!("{}_DEADLETTERS", self.prefix)
     }
@@ -105,6 +110,23 @@ impl Names {
         let rest = subject.strip_prefix(&self.root)?.strip_prefix(".msg.")?;
         let (room, seq) = rest.rsplit_once('.')?;
         Some((room_from_token(room)?, Seq(seq.parse().ok()?)))
+    }
+
+    /// Every webhook event waiting for delivery (in the messages stream, so that an entry's
+    /// event is written in the entry's own atomic batch).
+    pub fn all_hooks(&self) -> String {
+        format!("{}.hook.>", self.root)
+    }
+
+    /// The webhook event of entry `seq` of a room: `dw.hook.<room>.<seq>`.
+    pub fn entry_hook(&self, room: &RoomId, seq: Seq) -> String {
+        format!("{}.hook.{}.{}", self.root, room_token(room), seq.0)
+    }
+
+    /// A connection's webhook event (connect, disconnect, join, leave), written by `node`:
+    /// `dw.hook.c.<node>.<token>` (one more token than an entry's, so the two never meet).
+    pub fn connection_hook(&self, node: &str, token: &str) -> String {
+        format!("{}.hook.c.{node}.{token}", self.root)
     }
 
     /// The readiness probe's own subject in the messages stream (not delivered to anyone).

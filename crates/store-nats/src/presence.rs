@@ -24,11 +24,13 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use dynamowave_core::ports::{ConnectionRecord, ConnectionStore, RoomMembership};
 use dynamowave_core::protocol::{Member, Mode, PresenceEvent};
-use dynamowave_core::{ConnectionId, RoomId, UserName};
+use dynamowave_core::types::now_ms;
+use dynamowave_core::{ConnectionId, RoomId, UserName, webhook};
 use futures_util::StreamExt as _;
 use serde::{Deserialize, Serialize};
 
 use crate::names::{self, Names};
+use crate::webhooks::HookEvents;
 use crate::{StoreError, backend};
 
 /// How long a purge marker stays in the bucket: long enough for every watcher to see it, and
@@ -157,6 +159,8 @@ pub struct Presence {
     local: Arc<dyn RoomMembership>,
     view: Mutex<View>,
     own: Mutex<Own>,
+    /// With webhooks on: where connections' events go (crate::webhooks).
+    hooks: Option<HookEvents>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -171,6 +175,7 @@ impl Presence {
         node: String,
         node_ttl: Duration,
         local: Arc<dyn RoomMembership>,
+        hooks: Option<HookEvents>,
     ) -> Self {
         Presence {
             kv,
@@ -181,6 +186,14 @@ impl Presence {
             local,
             view: Mutex::new(View::default()),
             own: Mutex::new(Own::default()),
+            hooks,
+        }
+    }
+
+    /// Queues a webhook event, with webhooks on.
+    async fn hook(&self, body: impl FnOnce() -> String) {
+        if let Some(hooks) = &self.hooks {
+            hooks.connection(body()).await;
         }
     }
 
@@ -323,14 +336,14 @@ impl Presence {
                 .filter(|(_, n)| n.as_str() == node)
                 .map(|(id, _)| id.clone())
                 .collect();
-            let memberships: Vec<(RoomId, ConnectionId)> = view
+            let memberships: Vec<(RoomId, ConnectionId, UserName)> = view
                 .rooms
                 .iter()
                 .flat_map(|(room, members)| {
                     members
                         .iter()
                         .filter(|(_, (n, _))| n.as_str() == node)
-                        .map(|(id, _)| (room.clone(), id.clone()))
+                        .map(|(id, (_, user))| (room.clone(), id.clone(), user.clone()))
                 })
                 .collect();
             (connections, memberships)
@@ -343,7 +356,7 @@ impl Presence {
             connections = connections.len(),
             "a cluster node stopped: removing its connections"
         );
-        for (room, id) in &memberships {
+        for (room, id, _) in &memberships {
             let key = Key::Membership {
                 room: room.clone(),
                 node: node.to_owned(),
@@ -354,7 +367,15 @@ impl Presence {
         }
         for id in &connections {
             lock(&self.view).connections.remove(id);
-            let _ = self.forget(&Key::connection(node, id)).await;
+            if self.forget(&Key::connection(node, id)).await.is_ok() {
+                // The dead node cannot say it; two nodes reaping at once both do (at least
+                // once: receivers dedupe by connection id).
+                let user = memberships
+                    .iter()
+                    .find(|(_, m, _)| m == id)
+                    .map(|(_, _, user)| user);
+                self.hook(|| webhook::disconnect(id, user, now_ms())).await;
+            }
         }
     }
 
@@ -463,19 +484,22 @@ impl ConnectionStore for Presence {
         lock(&self.own)
             .connections
             .insert(record.id.clone(), (record.clone(), Vec::new()));
+        self.hook(|| webhook::connect(record)).await;
         Ok(())
     }
 
     async fn remove(&self, id: &ConnectionId) -> Result<(), StoreError> {
-        let rooms = lock(&self.own)
-            .connections
-            .remove(id)
-            .map(|(_, rooms)| rooms)
-            .unwrap_or_default();
+        let Some((record, rooms)) = lock(&self.own).connections.remove(id) else {
+            // Not a connection of this node (or removed already): nothing to report.
+            return self.forget(&Key::connection(&self.node, id)).await;
+        };
         for room in &rooms {
             self.forget(&Key::membership(room, &self.node, id)).await?;
         }
-        self.forget(&Key::connection(&self.node, id)).await
+        self.forget(&Key::connection(&self.node, id)).await?;
+        self.hook(|| webhook::disconnect(id, Some(&record.user), now_ms()))
+            .await;
+        Ok(())
     }
 
     async fn add_membership(&self, id: &ConnectionId, room: &RoomId) -> Result<(), StoreError> {
@@ -485,22 +509,36 @@ impl ConnectionStore for Presence {
         };
         self.put(
             &Key::membership(room, &self.node, id),
-            &MemberValue { user },
+            &MemberValue { user: user.clone() },
         )
         .await?;
-        if let Some((_, rooms)) = lock(&self.own).connections.get_mut(id)
-            && !rooms.contains(room)
-        {
-            rooms.push(room.clone());
-            rooms.sort();
+        let joined = match lock(&self.own).connections.get_mut(id) {
+            Some((_, rooms)) if !rooms.contains(room) => {
+                rooms.push(room.clone());
+                rooms.sort();
+                true
+            }
+            _ => false,
+        };
+        if joined {
+            self.hook(|| webhook::join(room, id, Some(&user), now_ms()))
+                .await;
         }
         Ok(())
     }
 
     async fn remove_membership(&self, id: &ConnectionId, room: &RoomId) -> Result<(), StoreError> {
         self.forget(&Key::membership(room, &self.node, id)).await?;
-        if let Some((_, rooms)) = lock(&self.own).connections.get_mut(id) {
-            rooms.retain(|r| r != room);
+        let left = match lock(&self.own).connections.get_mut(id) {
+            Some((record, rooms)) if rooms.contains(room) => {
+                rooms.retain(|r| r != room);
+                Some(record.user.clone())
+            }
+            _ => None,
+        };
+        if let Some(user) = left {
+            self.hook(|| webhook::leave(room, id, Some(&user), now_ms()))
+                .await;
         }
         Ok(())
     }
@@ -557,6 +595,7 @@ impl ConnectionStore for Presence {
                 Key::Connection { node, id } if stale(node, id) => {
                     self.forget(&Key::connection(node, id)).await?;
                     lock(&self.view).connections.remove(id);
+                    self.hook(|| webhook::disconnect(id, None, now_ms())).await;
                     purged += 1;
                 }
                 Key::Membership { room, node, id } if stale(node, id) => {
@@ -568,11 +607,13 @@ impl ConnectionStore for Presence {
         // The rows inserted by this very process count as stale too when it asks (the
         // conformance suite does): a server asks only once, before accepting connections.
         let mine = std::mem::take(&mut lock(&self.own).connections);
-        for (id, (_, rooms)) in &mine {
+        for (id, (record, rooms)) in &mine {
             for room in rooms {
                 self.forget(&Key::membership(room, &self.node, id)).await?;
             }
             self.forget(&Key::connection(&self.node, id)).await?;
+            self.hook(|| webhook::disconnect(id, Some(&record.user), now_ms()))
+                .await;
         }
         Ok(purged + mine.len() as u64)
     }
