@@ -8,8 +8,8 @@ use async_trait::async_trait;
 
 use crate::ports::{
     Appended, Claim, CommitListener, ConnectionRecord, ConnectionStore, DeadLetter, DeadLetters,
-    Deletion, MessageLog, NewDeadLetter, NewEvent, NewMessage, Purge, ReadMark, StoreError,
-    StoreLifecycle, check_event, refusal,
+    Deletion, EventTarget, MessageLog, NewDeadLetter, NewEvent, NewMessage, Purge, ReadMark,
+    StoreError, StoreLifecycle, check_event, refusal,
 };
 use crate::protocol::{
     ChatMessage, EntryEvent, HistoryQuery, MAX_EMOJIS_PER_MESSAGE, Page, ReactionCounts,
@@ -68,7 +68,11 @@ impl RoomLog {
         let found = (target.0 >= 1)
             .then(|| self.messages.get((target.0 - 1) as usize))
             .flatten()
-            .map(|m| (&m.user, m.is_message(), self.deleted.contains_key(&target)));
+            .map(|m| EventTarget {
+                author: &m.user,
+                is_message: m.is_message(),
+                deleted: self.deleted.contains_key(&target),
+            });
         check_event(room, &event, user, found)?;
         Ok(match event {
             NewEvent::Edit { target } => {

@@ -96,21 +96,37 @@ pub mod refusal {
     }
 }
 
-/// Whether a log accepts an event entry on `target` (a message by `author`, deleted or not),
-/// the checks every store makes in the same order: the message exists and is not deleted, is
-/// a message, and for an edit or delete, belongs to the entry's user.
+/// The entry an event names, as a store found it.
+#[derive(Clone, Copy, Debug)]
+pub struct EventTarget<'a> {
+    /// Who wrote it.
+    pub author: &'a UserName,
+    /// A message, not an edit, deletion or reaction.
+    pub is_message: bool,
+    /// A tombstone.
+    pub deleted: bool,
+}
+
+/// Whether a log accepts an event entry on `target` (`None`: the room has no such entry), the
+/// checks every store makes in the same order: the message exists, is a message, is not
+/// deleted, and for an edit or delete, belongs to the entry's user.
 pub fn check_event(
     room: &RoomId,
     event: &NewEvent,
     user: &UserName,
-    target: Option<(&UserName, bool, bool)>,
+    target: Option<EventTarget<'_>>,
 ) -> Result<(), StoreError> {
     let seq = match event {
         NewEvent::Edit { target }
         | NewEvent::Delete { target }
         | NewEvent::React { target, .. } => *target,
     };
-    let Some((author, is_message, deleted)) = target else {
+    let Some(EventTarget {
+        author,
+        is_message,
+        deleted,
+    }) = target
+    else {
         return Err(refusal::no_such_message(room, seq));
     };
     if !is_message {

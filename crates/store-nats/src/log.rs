@@ -61,8 +61,8 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
 use dynamowave_core::ports::{
-    Appended, CommitListener, Deletion, MessageLog, NewEvent, NewMessage, ReadMark, check_event,
-    refusal,
+    Appended, CommitListener, Deletion, EventTarget, MessageLog, NewEvent, NewMessage, ReadMark,
+    check_event, refusal,
 };
 use dynamowave_core::protocol::{
     ChatMessage, EntryEvent, HistoryQuery, MAX_EMOJIS_PER_MESSAGE, Page, ReactionCounts,
@@ -597,9 +597,11 @@ impl JetStreamLog {
                 &m.room,
                 &event,
                 &m.user,
-                message
-                    .as_deref()
-                    .map(|t| (&t.user, t.is_message(), deleted)),
+                message.as_deref().map(|t| EventTarget {
+                    author: &t.user,
+                    is_message: t.is_message(),
+                    deleted,
+                }),
             )?;
             let Some(message) = message else {
                 return Err(refusal::no_such_message(&m.room, target));

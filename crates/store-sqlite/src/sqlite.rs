@@ -24,8 +24,9 @@ use std::thread;
 use async_trait::async_trait;
 use dynamowave_core::ports::{
     Appended, Claim, CommitListener, ConnectionRecord, ConnectionStore, DeadLetter, DeadLetterKind,
-    DeadLetters, Deletion, MessageLog, NewDeadLetter, NewEvent, NewMessage, OutboxEntry, Purge,
-    QueuedAppend, ReadMark, StoreError, StoreLifecycle, WebhookOutbox, check_event, refusal,
+    DeadLetters, Deletion, EventTarget, MessageLog, NewDeadLetter, NewEvent, NewMessage,
+    OutboxEntry, Purge, QueuedAppend, ReadMark, StoreError, StoreLifecycle, WebhookOutbox,
+    check_event, refusal,
 };
 use dynamowave_core::protocol::{
     ChatMessage, EntryEvent, HistoryQuery, MAX_EMOJIS_PER_MESSAGE, Mode, Page, ReactionCounts,
@@ -1213,7 +1214,11 @@ fn apply_event(
         found
             .as_ref()
             .zip(author.as_ref())
-            .map(|((_, is_message, deleted), author)| (author, *is_message, *deleted)),
+            .map(|((_, is_message, deleted), author)| EventTarget {
+                author,
+                is_message: *is_message,
+                deleted: *deleted,
+            }),
     )?;
     Ok(match event {
         NewEvent::Edit { target } => {

@@ -21,8 +21,8 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem, Update};
 use dynamowave_core::ports::{
-    Appended, Deletion, MessageLog, NewEvent, NewMessage, ReadMark, StoreError, check_event,
-    refusal,
+    Appended, Deletion, EventTarget, MessageLog, NewEvent, NewMessage, ReadMark, StoreError,
+    check_event, refusal,
 };
 use dynamowave_core::protocol::{
     ChatMessage, EntryEvent, HistoryQuery, MAX_EMOJIS_PER_MESSAGE, Page, ReactionCounts,
@@ -342,7 +342,11 @@ impl DynamoStore {
             &m.user,
             found
                 .as_ref()
-                .map(|(a, is_message, deleted)| (a, *is_message, *deleted)),
+                .map(|(author, is_message, deleted)| EventTarget {
+                    author,
+                    is_message: *is_message,
+                    deleted: *deleted,
+                }),
         )?;
         let (Some(head), Some(item)) = (head, item) else {
             return Err(StoreError::Backend(format!(
