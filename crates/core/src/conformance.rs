@@ -28,6 +28,40 @@ use crate::ports::{
 use crate::protocol::{ChatMessage, EntryEvent, HistoryQuery, Mode, ReactionCounts};
 use crate::types::{ConnectionId, RoomId, Seq, UserName};
 
+/// A fan-out with no connections, to open a store with when only its commits matter: it
+/// joins nothing, has no members and reaches no connection.
+pub struct NoHub;
+
+#[async_trait::async_trait]
+impl crate::ports::RoomMembership for NoHub {
+    fn join(&self, _: &ConnectionId, _: &RoomId) {}
+    fn leave(&self, _: &ConnectionId, _: &RoomId) {}
+    async fn members(&self, _: &RoomId) -> Result<Vec<crate::protocol::Member>, StoreError> {
+        Ok(Vec::new())
+    }
+    fn presence(
+        &self,
+        _: &RoomId,
+        _: crate::protocol::PresenceEvent,
+        _: &UserName,
+        _: &ConnectionId,
+    ) {
+    }
+    fn signal(&self, _: &RoomId, _: &str, _: Option<&ConnectionId>) {}
+}
+
+impl crate::ports::LocalConnections for NoHub {
+    fn post(&self, _: &ConnectionId, _: String) -> Result<(), crate::ports::PostError> {
+        Err(crate::ports::PostError::Gone)
+    }
+    fn describe(&self, _: &ConnectionId) -> Option<crate::ports::ConnectionDescription> {
+        None
+    }
+    fn close(&self, _: &ConnectionId, _: u16, _: &str) -> bool {
+        false
+    }
+}
+
 /// Remembers every committed message it is told about, in order.
 #[derive(Default)]
 pub struct RecordingListener {

@@ -36,6 +36,19 @@ impl NewMessage {
             event: None,
         }
     }
+
+    /// The entry as committed with `seq` at `ts` (a store that keeps the request after the
+    /// commit, for a retry, builds it from a borrow).
+    pub fn committed(&self, seq: Seq, ts: u64) -> ChatMessage {
+        ChatMessage::new(
+            self.room.clone(),
+            seq,
+            self.id.clone(),
+            self.user.clone(),
+            self.data.clone(),
+            ts,
+        )
+    }
 }
 
 /// What an event entry does to message `target` of its room (see [`MessageLog`]'s contract).

@@ -237,18 +237,6 @@ fn state_headers(
     headers
 }
 
-/// Entry `seq` of `m` as committed at `ts`.
-fn committed(m: &NewMessage, seq: Seq, ts: u64) -> ChatMessage {
-    ChatMessage::new(
-        m.room.clone(),
-        seq,
-        m.id.clone(),
-        m.user.clone(),
-        m.data.clone(),
-        ts,
-    )
-}
-
 /// The headers of a new entry: its idempotency key, "only if seq is free", who, which id, when.
 fn entry_headers(key: &str, m: &NewMessage, ts: u64) -> HeaderMap {
     let mut headers = HeaderMap::new();
@@ -548,6 +536,15 @@ impl JetStreamLog {
         )))
     }
 
+    /// After JetStream's ack of entry `seq` (this shape's commit): metrics, the known head,
+    /// the id index.
+    async fn acked(&self, key: &str, room: &RoomId, seq: Seq, started: std::time::Instant) {
+        metrics::histogram!("dynamowave_store_commit_seconds").record(started.elapsed());
+        metrics::counter!("dynamowave_messages_acked_total").increment(1);
+        self.saw_head(room, seq);
+        self.remember_id(key, seq).await;
+    }
+
     /// The webhook event of `entry`, for its batch.
     fn hook(&self, entry: &ChatMessage) -> (String, HeaderMap, Bytes) {
         (
@@ -658,7 +655,7 @@ impl JetStreamLog {
                 async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
                 version.to_string().as_str(),
             );
-            let mut entry = committed(&m, seq, ts);
+            let mut entry = m.committed(seq, ts);
             entry.event = Some(Box::new(done));
             let mut batch = vec![
                 (
@@ -679,11 +676,7 @@ impl JetStreamLog {
             let ack = self.publish_batch(batch).await?.await;
             match ack {
                 Ok(_) => {
-                    metrics::histogram!("dynamowave_store_commit_seconds")
-                        .record(started.elapsed());
-                    metrics::counter!("dynamowave_messages_acked_total").increment(1);
-                    self.saw_head(&m.room, seq);
-                    self.remember_id(&key, seq).await;
+                    self.acked(&key, &m.room, seq, started).await;
                     return Ok(Appended {
                         message: Arc::new(entry),
                         duplicate: false,
@@ -732,12 +725,11 @@ impl MessageLog for JetStreamLog {
         for _ in 0..MAX_RACES {
             let seq = head.next();
             let headers = entry_headers(&key, &m, ts);
-            let message = committed(&m, seq, ts);
             let subject = self.names.message(&m.room, seq);
             let started = std::time::Instant::now();
             let ack = if self.webhooks {
                 // The entry and its webhook event, both or neither.
-                let hook = self.hook(&message);
+                let hook = self.hook(&m.committed(seq, ts));
                 self.publish_batch(vec![(subject, headers, body.clone()), hook])
                     .await?
                     .await
@@ -766,12 +758,8 @@ impl MessageLog for JetStreamLog {
                     return self.original(&room, seq).await;
                 }
                 Ok(_) => {
-                    // Publish to JetStream's ack: this shape's commit.
-                    metrics::histogram!("dynamowave_store_commit_seconds")
-                        .record(started.elapsed());
-                    metrics::counter!("dynamowave_messages_acked_total").increment(1);
-                    self.saw_head(&m.room, seq);
-                    self.remember_id(&key, seq).await;
+                    self.acked(&key, &m.room, seq, started).await;
+                    let message = ChatMessage::new(m.room, seq, m.id, m.user, m.data, ts);
                     return Ok(Appended {
                         message: Arc::new(message),
                         duplicate: false,

@@ -6,7 +6,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dynamowave_core::conformance::RecordingListener;
+use dynamowave_core::conformance::{NoHub, RecordingListener};
 use dynamowave_core::ports::{Backend, CommitListener, Fanout, MessageLog, NewEvent, NewMessage};
 use dynamowave_core::protocol::HistoryQuery;
 use dynamowave_core::{RoomId, Seq, UserName};
@@ -14,7 +14,7 @@ use dynamowave_store_nats::{NatsBackend, NatsConfig};
 use tokio::task::JoinSet;
 
 async fn node(config: NatsConfig, listener: Arc<dyn CommitListener>) -> Arc<dyn MessageLog> {
-    let hub = Arc::new(common::NoHub);
+    let hub = Arc::new(NoHub);
     let fanout = Fanout {
         listener,
         rooms: hub.clone(),

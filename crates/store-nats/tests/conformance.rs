@@ -4,13 +4,13 @@ mod common;
 
 use std::sync::Arc;
 
-use dynamowave_core::conformance;
+use dynamowave_core::conformance::{self, NoHub};
 use dynamowave_core::ports::{Backend, CommitListener, Fanout, Stores};
 use dynamowave_store_nats::{NatsBackend, NatsConfig};
 
 /// A fresh cluster store: every case gets its own stream prefix on the one server.
 async fn open(url: &str, listener: Arc<dyn CommitListener>) -> Stores {
-    let hub = Arc::new(common::NoHub);
+    let hub = Arc::new(NoHub);
     let mut config = NatsConfig::new(url);
     config.prefix = format!("T{}", dynamowave_core::types::random_token(8));
     let fanout = Fanout {

@@ -1107,21 +1107,14 @@ fn add_membership(
     id: &ConnectionId,
     room: &RoomId,
 ) -> Result<(), StoreError> {
-    with_events(tx, events, || {
-        let added = tx
-            .prepare_cached(
-                "INSERT OR IGNORE INTO memberships (connection_id, room) VALUES (?1, ?2)",
-            )
-            .and_then(|mut s| s.execute([id.as_str(), room.as_str()]))
-            .map_err(backend)?;
-        match events {
-            Some(e) if added > 0 => {
-                let user = connection_user(tx, id)?;
-                e.queue(tx, &webhook::join(room, id, user.as_ref(), e.ts))
-            }
-            _ => Ok(()),
-        }
-    })
+    change_membership(
+        tx,
+        events,
+        id,
+        room,
+        "INSERT OR IGNORE INTO memberships (connection_id, room) VALUES (?1, ?2)",
+        webhook::join,
+    )
 }
 
 /// Removes the membership; its `leave` only if the connection was in the room.
@@ -1131,15 +1124,34 @@ fn remove_membership(
     id: &ConnectionId,
     room: &RoomId,
 ) -> Result<(), StoreError> {
+    change_membership(
+        tx,
+        events,
+        id,
+        room,
+        "DELETE FROM memberships WHERE connection_id = ?1 AND room = ?2",
+        webhook::leave,
+    )
+}
+
+/// Runs `sql` on (connection, room) and, when it changed a row, queues `event` for it.
+fn change_membership(
+    tx: &Transaction<'_>,
+    events: Option<Events<'_>>,
+    id: &ConnectionId,
+    room: &RoomId,
+    sql: &str,
+    event: fn(&RoomId, &ConnectionId, Option<&UserName>, u64) -> String,
+) -> Result<(), StoreError> {
     with_events(tx, events, || {
-        let removed = tx
-            .prepare_cached("DELETE FROM memberships WHERE connection_id = ?1 AND room = ?2")
+        let changed = tx
+            .prepare_cached(sql)
             .and_then(|mut s| s.execute([id.as_str(), room.as_str()]))
             .map_err(backend)?;
         match events {
-            Some(e) if removed > 0 => {
+            Some(e) if changed > 0 => {
                 let user = connection_user(tx, id)?;
-                e.queue(tx, &webhook::leave(room, id, user.as_ref(), e.ts))
+                e.queue(tx, &event(room, id, user.as_ref(), e.ts))
             }
             _ => Ok(()),
         }

@@ -12,15 +12,13 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use async_trait::async_trait;
-use dynamowave_core::conformance::{self, event, msg, react, room, user};
+use dynamowave_core::conformance::{self, NoHub, event, msg, react, room, user};
 use dynamowave_core::ports::{
-    Backend, CommitListener, ConnectionDescription, ConnectionRecord, ConnectionStore, Fanout,
-    LocalConnections, MessageLog, NewEvent, NoListener, PostError, RoomMembership, StoreError,
-    WebhookOutbox,
+    Backend, CommitListener, ConnectionRecord, ConnectionStore, Fanout, MessageLog, NewEvent,
+    NoListener, StoreError, WebhookOutbox,
 };
-use dynamowave_core::protocol::{Member, Mode, PresenceEvent};
-use dynamowave_core::{ConnectionId, RoomId, Seq, UserName, webhook};
+use dynamowave_core::protocol::Mode;
+use dynamowave_core::{ConnectionId, Seq, webhook};
 use dynamowave_store_sqlite::SqliteBackend;
 use dynamowave_store_sqlite::cipher::{self, Keyring};
 use dynamowave_store_sqlite::rekey::{self, RekeyOptions};
@@ -638,40 +636,14 @@ async fn with_webhooks_on_the_store_still_passes_the_conformance_suites() {
     .await;
 }
 
-/// The fan-out the backend is opened with; the store never calls it.
-struct Inert;
-
-#[async_trait]
-impl RoomMembership for Inert {
-    fn join(&self, _: &ConnectionId, _: &RoomId) {}
-    fn leave(&self, _: &ConnectionId, _: &RoomId) {}
-    async fn members(&self, _: &RoomId) -> Result<Vec<Member>, StoreError> {
-        Ok(Vec::new())
-    }
-    fn presence(&self, _: &RoomId, _: PresenceEvent, _: &UserName, _: &ConnectionId) {}
-    fn signal(&self, _: &RoomId, _: &str, _: Option<&ConnectionId>) {}
-}
-
-impl LocalConnections for Inert {
-    fn post(&self, _: &ConnectionId, _: String) -> Result<(), PostError> {
-        Err(PostError::Gone)
-    }
-    fn describe(&self, _: &ConnectionId) -> Option<ConnectionDescription> {
-        None
-    }
-    fn close(&self, _: &ConnectionId, _: u16, _: &str) -> bool {
-        false
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_backend_returns_the_outbox_only_with_webhooks_on() {
     for on in [false, true] {
         let dir = tempfile::tempdir().unwrap();
         let fanout = Fanout {
             listener: Arc::new(NoListener),
-            rooms: Arc::new(Inert),
-            local: Arc::new(Inert),
+            rooms: Arc::new(NoHub),
+            local: Arc::new(NoHub),
         };
         let backend = SqliteBackend::new(dir.path(), vec![], vec![]).with_webhooks(on);
         let stores = Box::new(backend).open(fanout).await.unwrap();

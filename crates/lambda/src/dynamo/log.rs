@@ -159,6 +159,23 @@ fn target_of(event: &NewEvent) -> Seq {
     }
 }
 
+/// What a failed append or event transaction means: its id was taken (the first item's
+/// condition), it lost a race worth another attempt, or a failure to report.
+fn refused_attempt(
+    e: aws_sdk_dynamodb::error::SdkError<TransactWriteItemsError>,
+    what: &str,
+) -> Result<Attempt, StoreError> {
+    let codes = e
+        .as_service_error()
+        .map(cancelled_codes)
+        .unwrap_or_default();
+    match codes.first().map(String::as_str) {
+        Some("ConditionalCheckFailed") => Ok(Attempt::IdTaken),
+        _ if lost_a_race(&codes) => Ok(Attempt::HeadMoved),
+        _ => Err(backend(what, e)),
+    }
+}
+
 /// Whether a cancelled transaction lost a race (a condition another writer made false, or a
 /// concurrent transaction on one of its items) and is worth another attempt after a fresh read.
 fn lost_a_race(codes: &[String]) -> bool {
@@ -287,25 +304,8 @@ impl DynamoStore {
             .send()
             .await;
         match written {
-            Ok(_) => Ok(Attempt::Committed(Arc::new(ChatMessage::new(
-                m.room.clone(),
-                Seq(seq),
-                m.id.clone(),
-                m.user.clone(),
-                m.data.clone(),
-                ts,
-            )))),
-            Err(e) => {
-                let codes = e
-                    .as_service_error()
-                    .map(cancelled_codes)
-                    .unwrap_or_default();
-                match codes.first().map(String::as_str) {
-                    Some("ConditionalCheckFailed") => Ok(Attempt::IdTaken),
-                    _ if lost_a_race(&codes) => Ok(Attempt::HeadMoved),
-                    _ => Err(backend("TransactWriteItems append", e)),
-                }
-            }
+            Ok(_) => Ok(Attempt::Committed(Arc::new(m.committed(Seq(seq), ts)))),
+            Err(e) => refused_attempt(e, "TransactWriteItems append"),
         }
     }
 
@@ -501,29 +501,12 @@ impl DynamoStore {
             .await;
         match written {
             Ok(_) => {
-                let mut message = ChatMessage::new(
-                    m.room.clone(),
-                    Seq(seq),
-                    m.id.clone(),
-                    m.user.clone(),
-                    m.data.clone(),
-                    ts,
-                );
+                let mut message = m.committed(Seq(seq), ts);
                 message.event = Some(Box::new(committed));
                 Ok(Attempt::Committed(Arc::new(message)))
             }
-            Err(e) => {
-                let codes = e
-                    .as_service_error()
-                    .map(cancelled_codes)
-                    .unwrap_or_default();
-                match codes.first().map(String::as_str) {
-                    Some("ConditionalCheckFailed") => Ok(Attempt::IdTaken),
-                    // The head moved or the message changed: read both again.
-                    _ if lost_a_race(&codes) => Ok(Attempt::HeadMoved),
-                    _ => Err(backend("TransactWriteItems event", e)),
-                }
-            }
+            // The head moved or the message changed: read both again.
+            Err(e) => refused_attempt(e, "TransactWriteItems event"),
         }
     }
 

@@ -17,12 +17,6 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use dynamowave_core::ports::{
-    ConnectionDescription, LocalConnections, PostError, RoomMembership, StoreError,
-};
-use dynamowave_core::protocol::{Member, PresenceEvent};
-use dynamowave_core::{ConnectionId, RoomId, UserName};
-
 pub struct NatsServer {
     pub port: u16,
     pub dir: tempfile::TempDir,
@@ -194,31 +188,5 @@ impl NatsCluster {
 impl Drop for NatsServer {
     fn drop(&mut self) {
         self.kill();
-    }
-}
-
-/// A fan-out with no connections, for tests where only the commit listener matters.
-pub struct NoHub;
-
-#[async_trait::async_trait]
-impl RoomMembership for NoHub {
-    fn join(&self, _: &ConnectionId, _: &RoomId) {}
-    fn leave(&self, _: &ConnectionId, _: &RoomId) {}
-    async fn members(&self, _: &RoomId) -> Result<Vec<Member>, StoreError> {
-        Ok(Vec::new())
-    }
-    fn presence(&self, _: &RoomId, _: PresenceEvent, _: &UserName, _: &ConnectionId) {}
-    fn signal(&self, _: &RoomId, _: &str, _: Option<&ConnectionId>) {}
-}
-
-impl LocalConnections for NoHub {
-    fn post(&self, _: &ConnectionId, _: String) -> Result<(), PostError> {
-        Err(PostError::Gone)
-    }
-    fn describe(&self, _: &ConnectionId) -> Option<ConnectionDescription> {
-        None
-    }
-    fn close(&self, _: &ConnectionId, _: u16, _: &str) -> bool {
-        false
     }
 }
